@@ -1,0 +1,32 @@
+"""The `q1net` command: a thin layer that parses arguments and calls the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # LightningCLI parses its own arguments
+        from q1net.train import train
+
+        return train(argv[1:])
+    parser = argparse.ArgumentParser(prog="q1net", description="JPEG quality level from pixels (Q1Net).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="train a model (LightningCLI: fit/validate/test --config ...)")
+    data = commands.add_parser("data", help="fetch data sets").add_subparsers(dest="dataset", required=True)
+    div2k = data.add_parser("div2k", help="download and unpack DIV2K high-resolution PNGs")
+    div2k.add_argument("--root", required=True, help="folder to fill (DIV2K_train_HR/, DIV2K_valid_HR/)")
+    div2k.add_argument("--base-url", default=None, help="mirror to download from instead of the official host")
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        from q1net.data.div2k import download_div2k
+
+        download_div2k(args.root, base_url=args.base_url)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Labelled JPEG patches from uncompressed images, made the cheap exact way.
+
+JPEG codes each MCU on its own, so encoding a crop whose corner and size are
+multiples of the MCU gives the same decoded pixels as encoding the whole image,
+except within `edge_margin` pixels of the crop's border, where chroma
+upsampling sees other neighbours (REFERENCE.md, "Exactness fact";
+tests/test_patches.py checks it bit for bit). One encode of a small crop then
+yields many patches at one quality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from q1net.data.geometry import GEOMETRY, PatchGeometry
+from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_roundtrip
+
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as JPEG's YCbCr
+
+
+def sobel_magnitude(gray: np.ndarray) -> np.ndarray:
+    """|grad| of a 2-D float array by the 3x3 Sobel operator (valid region, 2 px smaller)."""
+    windows = sliding_window_view(gray, (3, 3))
+    kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+    gx = np.einsum("ijkl,kl->ij", windows, kx)
+    gy = np.einsum("ijkl,kl->ij", windows, kx.T)
+    return np.hypot(gx, gy)
+
+
+@dataclass(frozen=True)
+class PatchBatch:
+    """Patches as (N, 3, P, P) uint8 with their JPEG quality labels (N,) int."""
+
+    patches: np.ndarray
+    qualities: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list[PatchBatch]) -> PatchBatch:
+        return PatchBatch(np.concatenate([p.patches for p in parts]), np.concatenate([p.qualities for p in parts]))
+
+
+@dataclass(frozen=True)
+class PatchSampler:
+    """Draws a random MCU-aligned crop, JPEG-codes it at a random quality, cuts patches from it.
+
+    With `all_shifts` a patch may start at any of the 8x8 grid phases, so the
+    network learns to read blocks wherever the grid falls; without it every patch
+    is one coding block plus its ring. `min_sobel` rejects near-flat patches
+    (mean Sobel magnitude of the uncompressed luma below it; 0 keeps all).
+    """
+
+    crop_size: int = 64
+    patches_per_crop: int = 16
+    quality_min: int = QUALITY_MIN
+    quality_max: int = QUALITY_MAX
+    subsampling: Subsampling = "4:2:0"
+    all_shifts: bool = True
+    min_sobel: float = 0.0
+    geometry: PatchGeometry = GEOMETRY
+
+    def __post_init__(self) -> None:
+        g = self.geometry
+        if self.crop_size % g.mcu:
+            raise ValueError(f"crop_size {self.crop_size} must be a multiple of the {g.mcu}-pixel MCU")
+        if self.crop_size < g.patch + 2 * g.edge_margin + g.block:
+            raise ValueError(f"crop_size {self.crop_size} is too small for one patch at every grid phase")
+        if not QUALITY_MIN <= self.quality_min <= self.quality_max <= QUALITY_MAX:
+            raise ValueError(f"quality range {self.quality_min}..{self.quality_max} is not inside 1..100")
+
+    def _patch_starts(self, rng: np.random.Generator, crop: int, count: int) -> np.ndarray:
+        """`count` patch starts along one crop side, each at a uniformly drawn grid phase."""
+        g = self.geometry
+        phase = rng.integers(0, g.block, count) if self.all_shifts else np.full(count, g.block - g.ring)
+        lowest = g.edge_margin
+        highest = crop - g.edge_margin - g.patch
+        # starts = block_index * 8 + phase, inside [lowest, highest]
+        first = -(-(lowest - phase) // g.block)
+        last = (highest - phase) // g.block
+        return (rng.integers(first, last + 1) * g.block + phase).astype(np.int64)
+
+    def sample(self, image: np.ndarray, rng: np.random.Generator) -> PatchBatch:
+        """Patches from one crop of `image` (H, W, 3) uint8; fewer than asked if flat ones were rejected."""
+        g = self.geometry
+        height, width = image.shape[:2]
+        crop_h = min(self.crop_size, height // g.mcu * g.mcu)
+        crop_w = min(self.crop_size, width // g.mcu * g.mcu)
+        if min(crop_h, crop_w) < g.patch + 2 * g.edge_margin + g.block:
+            raise ValueError(f"image of {width}x{height} is too small for patch sampling")
+        top = rng.integers(0, (height - crop_h) // g.mcu + 1) * g.mcu
+        left = rng.integers(0, (width - crop_w) // g.mcu + 1) * g.mcu
+        clean = image[top : top + crop_h, left : left + crop_w]
+        quality = int(rng.integers(self.quality_min, self.quality_max + 1))
+
+        draws = self.patches_per_crop * (2 if self.min_sobel > 0 else 1)
+        ys, xs = self._patch_starts(rng, crop_h, draws), self._patch_starts(rng, crop_w, draws)
+        if self.min_sobel > 0:
+            gray = clean.astype(np.float32) @ LUMA_WEIGHTS
+            edges = sliding_window_view(sobel_magnitude(gray), (g.patch - 2, g.patch - 2))
+            busy = edges[ys, xs].mean(axis=(1, 2)) >= self.min_sobel
+            ys, xs = ys[busy], xs[busy]
+        ys, xs = ys[: self.patches_per_crop], xs[: self.patches_per_crop]
+
+        decoded = jpeg_roundtrip(clean, quality, self.subsampling)
+        windows = sliding_window_view(decoded, (g.patch, g.patch), axis=(0, 1))  # (h, w, 3, P, P)
+        patches = np.ascontiguousarray(windows[ys, xs])
+        return PatchBatch(patches, np.full(len(patches), quality, np.int64))
+
+    def batch(self, images: list[np.ndarray], size: int, rng: np.random.Generator) -> PatchBatch:
+        """`size` patches drawn crop by crop from randomly chosen `images`."""
+        parts, have = [], 0
+        while have < size:
+            part = self.sample(images[rng.integers(len(images))], rng)
+            parts.append(part)
+            have += len(part.qualities)
+        whole = PatchBatch.concatenate(parts)
+        return PatchBatch(whole.patches[:size], whole.qualities[:size])

@@ -1,0 +1,98 @@
+"""Reading images into the 8-bit RGB arrays the network sees.
+
+The conversions keep the decoded JPEG samples intact wherever they can:
+- 16-bit samples are mapped back with round(v / 257), which undoes the usual
+  8->16-bit widening (v * 257) exactly;
+- alpha is dropped, not composited: compositing would change the very pixels
+  that carry the JPEG fingerprint;
+- palette images are expanded through their palette, grayscale is repeated
+  over three channels, CMYK goes through Pillow's conversion.
+EXIF orientation is ignored on purpose: the 8x8 coding grid lives in the stored
+orientation, and turning the image could move the grid off the origin for
+sides that are not multiples of 8. Quality does not depend on orientation.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS_DEFAULT = 200_000_000  # refuse larger images before decoding them
+
+
+class ImageReadError(Exception):
+    """An input that cannot be turned into pixels; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        super().__init__(f"{os.fsdecode(path)}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """An (H, W, 3) uint8 array of `image`'s colour samples (see the module docstring)."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        wide = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGB", "L"):
+        rgb = image
+    elif mode in ("RGBA", "RGBX", "RGBa"):
+        rgb = image.convert("RGB")  # drops alpha, keeps the samples
+    elif mode in ("LA", "La"):
+        rgb = image.getchannel("L")
+    else:  # P, PA, 1, CMYK, YCbCr, LAB, HSV
+        rgb = image.convert("RGBA" if mode in ("P", "PA") else "RGB").convert("RGB")
+    array = np.asarray(rgb)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+    """Decode the image at `path` (its first frame) to (H, W, 3) uint8, or raise ImageReadError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageReadError(path, f"{width}x{height} is over the {max_pixels}-pixel limit")
+                image.load()
+                return to_rgb_array(image)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(path, f"refused as a decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageReadError(path, f"cannot decode ({error})") from None
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".webp", ".jpg", ".jpeg", ".gif"})
+
+
+def find_images(root: str | os.PathLike[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files below `root`, sorted, following no directory twice (symlink loops are safe)."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        stat = os.stat(directory)
+        if (stat.st_dev, stat.st_ino) in seen:
+            subdirs.clear()
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        subdirs.sort()
+        found.extend(Path(directory, name) for name in sorted(files) if Path(name).suffix.lower() in suffixes)
+    return found
