@@ -19,11 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     div2k = data.add_parser("div2k", help="download and unpack DIV2K high-resolution PNGs")
     div2k.add_argument("--root", required=True, help="folder to fill (DIV2K_train_HR/, DIV2K_valid_HR/)")
     div2k.add_argument("--base-url", default=None, help="mirror to download from instead of the official host")
+    div2k.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX", help="pin an archive's SHA-256 (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "data":
-        from q1net.data.div2k import download_div2k
+        from q1net.data.div2k import DownloadError, download_div2k
 
-        download_div2k(args.root, base_url=args.base_url)
+        pins = dict(pin.split("=", 1) for pin in args.sha256 if "=" in pin)
+        try:
+            download_div2k(args.root, base_url=args.base_url, sha256=pins)
+        except DownloadError as error:
+            print(f"q1net: {error}", file=sys.stderr)
+            return 1
         return 0
     return 2
 

@@ -7,11 +7,11 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
-from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN  # noqa: E402
+from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 
 GALLERY_ZOOM = 8  # a 16x16 patch shown as 128x128
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from lightning import LightningDataModule
@@ -19,6 +22,20 @@ def _as_tensors(batch: PatchBatch) -> Batch:
     return torch.from_numpy(batch.patches), torch.from_numpy(batch.qualities)
 
 
+@dataclass(frozen=True)
+class QualityWarmup:
+    """Quality band that widens linearly from `start_band` extreme levels to the full range over `steps`."""
+
+    steps: int
+    start_band: int
+    levels: int
+
+    def band(self, step: int) -> int | None:
+        if step >= self.steps:
+            return None
+        return self.start_band + (self.levels // 2 - self.start_band) * step // self.steps
+
+
 class PatchStream(IterableDataset):
     """Endless batches of freshly coded patches; every (rank, worker) stream has its own seed and images.
 
@@ -27,9 +44,20 @@ class PatchStream(IterableDataset):
     images all streams share them and differ by seed only.
     """
 
-    def __init__(self, images: list[np.ndarray], sampler: PatchSampler, batch_size: int, seed: int, rank: int, world_size: int, offset: int) -> None:
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        sampler: PatchSampler,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        offset: int,
+        warmup: QualityWarmup | None = None,
+    ) -> None:
         self.images, self.sampler, self.batch_size = images, sampler, batch_size
         self.seed, self.rank, self.world_size, self.offset = seed, rank, world_size, offset
+        self.warmup = warmup
 
     def __iter__(self):
         worker = get_worker_info()
@@ -37,8 +65,10 @@ class PatchStream(IterableDataset):
         stream, streams = self.rank * workers + worker_id, self.world_size * workers
         images = self.images[stream::streams] if len(self.images) >= streams else self.images
         rng = np.random.default_rng([self.seed, self.offset, stream])
-        while True:
-            yield _as_tensors(self.sampler.batch(images, self.batch_size, rng))
+        for count in itertools.count():
+            step = self.offset + count * workers  # this stream's share of the global steps
+            band = self.warmup.band(step) if self.warmup else None
+            yield _as_tensors(self.sampler.batch(images, self.batch_size, rng, band))
 
 
 class PatchDataModule(LightningDataModule):
@@ -49,6 +79,9 @@ class PatchDataModule(LightningDataModule):
     image-level score, `val_images` whole images of `val_source` coded at
     `val_image_qualities` levels spread over the range; both fixed by `val_seed`.
     A resumed run continues the stream from a new offset instead of repeating it.
+    With `quality_warmup_steps`, the first steps draw qualities only from the
+    `quality_warmup_band` lowest and highest levels, widening to the full range
+    (PatchSampler.draw_quality says why).
     """
 
     def __init__(
@@ -63,6 +96,8 @@ class PatchDataModule(LightningDataModule):
         subsampling: Subsampling = "4:2:0",
         all_shifts: bool = True,
         min_sobel: float = 0.0,
+        quality_warmup_steps: int = 0,
+        quality_warmup_band: int = 5,
         num_workers: int = 0,
         seed: int = 0,
         val_patches: int = 4096,
@@ -76,6 +111,8 @@ class PatchDataModule(LightningDataModule):
         self.train_source, self.val_source = train_source, val_source
         self.sampler = PatchSampler(crop_size, patches_per_crop, quality_min, quality_max, subsampling, all_shifts, min_sobel)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        levels = quality_max - quality_min + 1
+        self.warmup = QualityWarmup(quality_warmup_steps, quality_warmup_band, levels) if quality_warmup_steps else None
         self.val_patches, self.val_images, self.val_image_qualities = val_patches, val_images, val_image_qualities
         self.val_image_size, self.val_seed = val_image_size, val_seed
         self.geometry = GEOMETRY
@@ -108,8 +145,16 @@ class PatchDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank()
-        stream = PatchStream(self.train_images, self.sampler, self.batch_size, self.seed, rank, world_size, self._stream_offset)
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        stream = PatchStream(
+            self.train_images, self.sampler, self.batch_size, self.seed, rank, world_size, self._stream_offset, self.warmup
+        )
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def val_dataloader(self) -> DataLoader:
         patches, qualities = self.val_set

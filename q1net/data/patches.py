@@ -81,7 +81,20 @@ class PatchSampler:
         last = (highest - phase) // g.block
         return (rng.integers(first, last + 1) * g.block + phase).astype(np.int64)
 
-    def sample(self, image: np.ndarray, rng: np.random.Generator) -> PatchBatch:
+    def draw_quality(self, rng: np.random.Generator, band: int | None = None) -> int:
+        """A uniform quality; with `band`, only from the `band` lowest or highest levels of the range.
+
+        Training starts on the easy extremes and widens the band (see
+        PatchDataModule.quality_warmup_steps): on the full range at once, the
+        network first settles on the median and can stay there for long.
+        """
+        low, high = self.quality_min, self.quality_max
+        if band is None or 2 * band >= high - low + 1:
+            return int(rng.integers(low, high + 1))
+        level = int(rng.integers(0, 2 * band))
+        return low + level if level < band else high - (level - band)
+
+    def sample(self, image: np.ndarray, rng: np.random.Generator, band: int | None = None) -> PatchBatch:
         """Patches from one crop of `image` (H, W, 3) uint8; fewer than asked if flat ones were rejected."""
         g = self.geometry
         height, width = image.shape[:2]
@@ -92,7 +105,7 @@ class PatchSampler:
         top = rng.integers(0, (height - crop_h) // g.mcu + 1) * g.mcu
         left = rng.integers(0, (width - crop_w) // g.mcu + 1) * g.mcu
         clean = image[top : top + crop_h, left : left + crop_w]
-        quality = int(rng.integers(self.quality_min, self.quality_max + 1))
+        quality = self.draw_quality(rng, band)
 
         draws = self.patches_per_crop * (2 if self.min_sobel > 0 else 1)
         ys, xs = self._patch_starts(rng, crop_h, draws), self._patch_starts(rng, crop_w, draws)
@@ -108,11 +121,11 @@ class PatchSampler:
         patches = np.ascontiguousarray(windows[ys, xs])
         return PatchBatch(patches, np.full(len(patches), quality, np.int64))
 
-    def batch(self, images: list[np.ndarray], size: int, rng: np.random.Generator) -> PatchBatch:
+    def batch(self, images: list[np.ndarray], size: int, rng: np.random.Generator, band: int | None = None) -> PatchBatch:
         """`size` patches drawn crop by crop from randomly chosen `images`."""
         parts, have = [], 0
         while have < size:
-            part = self.sample(images[rng.integers(len(images))], rng)
+            part = self.sample(images[rng.integers(len(images))], rng, band)
             parts.append(part)
             have += len(part.qualities)
         whole = PatchBatch.concatenate(parts)

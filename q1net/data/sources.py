@@ -42,20 +42,17 @@ class FolderSource(ImageSource):
     """
 
     def __init__(self, root: str, allow_jpeg: bool = False) -> None:
-        suffixes = LOSSLESS_SUFFIXES | (JPEG_SUFFIXES if allow_jpeg else frozenset())
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{root}: image folder not found")
-        self.paths = find_images(self.root, suffixes)
-        if not self.paths:
-            raise FileNotFoundError(f"{root}: no images with suffix {sorted(suffixes)}")
-        jpegs = [p for p in self.paths if p.suffix.lower() in JPEG_SUFFIXES]
+        found = find_images(self.root, LOSSLESS_SUFFIXES | JPEG_SUFFIXES)
+        jpegs = [p for p in found if p.suffix.lower() in JPEG_SUFFIXES]
+        self.paths = found if allow_jpeg else [p for p in found if p not in jpegs]
         if jpegs:
-            warnings.warn(
-                f"{root}: {len(jpegs)} JPEG source images carry their own compression history; "
-                "labels for them are only approximate",
-                stacklevel=2,
-            )
+            effect = "used; their labels are only approximate" if allow_jpeg else "skipped (allow_jpeg: true uses them)"
+            warnings.warn(f"{root}: {len(jpegs)} JPEG files carry a compression history of their own: {effect}", stacklevel=2)
+        if not self.paths:
+            raise FileNotFoundError(f"{root}: no lossless images (PNG, BMP, TIFF, PPM) found")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,8 +84,7 @@ class DIV2KSource(ImageSource):
         missing = [p for p in self.paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(
-                f"{root}: {len(missing)} DIV2K {split} images missing (first: {missing[0]}); "
-                f"run `q1net data div2k --root {root}`"
+                f"{root}: {len(missing)} DIV2K {split} images missing (first: {missing[0]}); run `q1net data div2k --root {root}`"
             )
 
     def _path(self, number: int) -> Path:

@@ -67,7 +67,12 @@ class QualityModule(LightningModule):
         self.log(f"{stage}/patch_mae", mae, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(quality))
         if stage == "val" and self._gallery is None:
             n = self.gallery_size
-            self._gallery = (patches[:n].cpu(), quality[:n].cpu(), predicted[:n].cpu(), None if confidence is None else confidence[:n].cpu())
+            self._gallery = (
+                patches[:n].cpu(),
+                quality[:n].cpu(),
+                predicted[:n].cpu(),
+                None if confidence is None else confidence[:n].cpu(),
+            )
         return loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -114,9 +119,10 @@ class QualityModule(LightningModule):
         if not loggers or self._gallery is None:
             return
         patches, quality, patch_quality, patch_confidence = self._gallery
+        confidences = [None] * len(quality) if patch_confidence is None else patch_confidence.tolist()
         captions = [
-            f"true {int(q)} pred {p:.1f}" + ("" if patch_confidence is None else f" conf {float(c):.1f}")
-            for q, p, c in zip(quality.tolist(), patch_quality.tolist(), (patch_confidence if patch_confidence is not None else quality).tolist())
+            f"true {int(q)} pred {p:.1f}" + ("" if c is None else f" conf {c:.1f}")
+            for q, p, c in zip(quality.tolist(), patch_quality.tolist(), confidences, strict=True)
         ]
         gallery = [zoom_patch(p) for p in patches.numpy()]
         matrix = confusion_image(confusion_matrix(true, predicted), f"validation images, step {self.global_step}")

@@ -1,0 +1,40 @@
+# q1net: every target sets up .venv/ first when it is missing or stale.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/q1net.yaml
+DATA ?=
+VAL ?= $(DATA)
+ARGS ?=
+
+DATA_ARGS := $(if $(DATA),--data configs/data/folder.yaml --data.train_source.init_args.root=$(DATA) --data.val_source.init_args.root=$(VAL))
+
+.PHONY: help setup train test test-full lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP)  ## create .venv/ with q1net and every dependency (pinned, one pip command)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch, torchvision and executorch are pinned in pyproject.toml and resolved together here
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+train: $(STAMP)  ## train the baseline on built-in synthetic data (DATA=folder [VAL=folder] for your photos; CONFIG=..., ARGS=...)
+	$(BIN)/q1net train --config $(CONFIG) $(DATA_ARGS) $(ARGS)
+
+test: $(STAMP)  ## the default suite (what CI runs)
+	$(BIN)/pytest -q
+
+test-full: $(STAMP)  ## every test, the slow ones too
+	$(BIN)/pytest -q -m ""
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check q1net tests && $(BIN)/ruff format --check q1net tests
+
+clean:  ## remove runs and caches (keeps .venv/)
+	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache
