@@ -49,7 +49,7 @@ def test_conversions_keep_jpeg_samples():
 def test_load_rgb_names_the_file_and_the_problem(tmp_path):
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
-    with pytest.raises(ImageReadError, match="fake.png: not a recognised image format"):
+    with pytest.raises(ImageReadError, match=r"fake\.png: not a recognised image format"):
         load_rgb(fake)
     with pytest.raises(ImageReadError, match="no such file"):
         load_rgb(tmp_path / "missing.png")
