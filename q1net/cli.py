@@ -1,9 +1,292 @@
-"""The `q1net` command: a thin layer that parses arguments and calls the API."""
+"""The `q1net` command: a thin layer that parses arguments and calls the API.
+
+Exit codes: 0 all inputs done, 1 some inputs failed (each named on stderr in one
+line, the others still processed), 2 usage errors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str) -> None:
+    print(f"q1net: {message}", file=sys.stderr)
+
+
+def write_atomically(path: Path, save: object) -> None:
+    """Call `save(tmp_path)` then move the file into place: no half-written output survives a failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def expand_inputs(paths: list[str]) -> Iterator[tuple[str, str | None]]:
+    """(path, problem) for every file named or found below a named folder; problem is None for usable ones."""
+    from q1net.images import find_images
+
+    for name in paths:
+        if os.path.isdir(name):
+            found = find_images(name)
+            if not found:
+                yield name, "folder holds no images"
+            yield from ((os.fspath(p), None) for p in found)
+        elif os.path.lexists(name):
+            yield name, None
+        else:
+            yield name, "no such file or folder"
+
+
+class Table:
+    """Rows printed as they come, in aligned columns, as JSON lines or as CSV."""
+
+    columns = ("path", "quality", "confidence", "blocks_used", "blocks_sampled", "fallback", "seconds")
+
+    def __init__(self, style: str, stream=sys.stdout) -> None:
+        self.style, self.stream = style, stream
+        self.csv = csv.DictWriter(stream, fieldnames=self.columns) if style == "csv" else None
+        if self.csv:
+            self.csv.writeheader()
+        elif style == "table":
+            print(f"{'quality':>8} {'conf':>6} {'blocks':>9}  path", file=stream)
+
+    def add(self, row: dict[str, object]) -> None:
+        if self.style == "json":
+            print(json.dumps(row), file=self.stream, flush=True)
+        elif self.csv:
+            self.csv.writerow(row)
+            self.stream.flush()
+        else:
+            confidence = "-" if row["confidence"] is None else f"{row['confidence']:.1f}"
+            used = f"{row['blocks_used']}/{row['blocks_sampled']}"
+            note = "  (low confidence: no block above tau)" if row["fallback"] else ""
+            print(f"{row['quality']:>8.2f} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from q1net.data.geometry import GEOMETRY
+    from q1net.images import ImageReadError
+    from q1net.inference import to_pixels
+    from q1net.plots import heatmap_image
+    from q1net.weights import WeightsError
+
+    try:
+        predictor = load_predictor(args, args.blocks)
+    except WeightsError as error:
+        fail(str(error))
+        return EXIT_USAGE
+    inputs = list(expand_inputs(args.paths))
+    heatmaps = Path(args.heatmap) if args.heatmap else None
+    heatmap_is_file = heatmaps is not None and heatmaps.suffix.lower() == ".png" and len(inputs) == 1
+    table, failures = Table(args.format), 0
+    for path, problem in tqdm(inputs, disable=not sys.stderr.isatty(), unit="image", file=sys.stderr):
+        try:
+            if problem:
+                raise ImageReadError(path, problem)
+            start = time.perf_counter()
+            pixels = to_pixels(path)
+            result = predictor.predict(pixels, return_blocks=heatmaps is not None)
+            seconds = time.perf_counter() - start
+            if heatmaps is not None:
+                target = heatmaps if heatmap_is_file else heatmaps / f"{Path(path).stem}_heatmap.png"
+                picture = heatmap_image(
+                    pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
+                )
+                write_atomically(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+        except (ImageReadError, ValueError, OSError) as error:
+            fail(str(error) if isinstance(error, ImageReadError) else f"{path}: {error}")
+            failures += 1
+            continue
+        table.add(result.as_dict() | {"path": path, "seconds": round(seconds, 4)})
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="folder of lossless images (searched recursively)")
+    parser.add_argument("--quality-min", type=int, default=1)
+    parser.add_argument("--quality-max", type=int, default=100)
+    parser.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0")
+    parser.add_argument(
+        "--grid-offset", choices=("none", "random"), default="none", help="random: crop 1..7 px so the grid is off the origin"
+    )
+    parser.add_argument("--grayscale", action="store_true", help="code grayscale JPEGs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random grid offsets")
+    parser.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="json: print the summary as JSON on stdout")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_blocks(text: str) -> list[int]:
+    return [positive_int(part) for part in text.split(",")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="q1net", description="JPEG quality level (1..100) from pixels alone (Q1Net).")
+    parser.add_argument("--version", action="version", version=f"q1net {__import__('q1net').__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="train a model (LightningCLI: [fit|validate|test] --config FILE ...)")
+
+    predict = commands.add_parser("predict", help="predict the JPEG quality of images (files or folders, recursive)")
+    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="table (default), JSON lines or CSV")
+    predict.add_argument("--blocks", type=positive_int, default=16, help="blocks per side: N x N patches are scored (default 16)")
+    predict.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the weights' tuned tau)")
+    predict.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    predict.add_argument("--heatmap", default=None, metavar="OUT", help="write block heat maps: a .png for one input, else a folder")
+
+    evaluate = commands.add_parser("evaluate", help="the paper's protocol: code lossless images at every quality, predict")
+    add_condition_arguments(evaluate)
+    evaluate.add_argument(
+        "--blocks", type=parse_blocks, default=[16], help="blocks per side, or a comma list (4,8,12,16,20,24 gives Table 4)"
+    )
+    evaluate.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the weights' tuned tau)")
+    evaluate.add_argument("--out", default=None, help="folder for summary.json, confusion.png, per_quality.png")
+    evaluate.add_argument("--wandb", action="store_true", help="log the summary and pictures to a W&B run (offline without a key)")
+
+    tune = commands.add_parser("tune-tau", help="grid-search tau on validation images (the paper's way)")
+    add_condition_arguments(tune)
+    tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
+
+    data = commands.add_parser("data", help="fetch data sets").add_subparsers(dest="dataset", required=True)
+    div2k = data.add_parser("div2k", help="download and unpack DIV2K high-resolution PNGs")
+    div2k.add_argument("--root", required=True, help="folder to fill (DIV2K_train_HR/, DIV2K_valid_HR/)")
+    div2k.add_argument("--base-url", default=None, help="mirror to download from instead of the official host")
+    div2k.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX", help="pin an archive's SHA-256 (repeatable)")
+    return parser
+
+
+def load_predictor(args: argparse.Namespace, blocks: int):
+    from q1net.inference import Predictor
+
+    options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None)}
+    return Predictor.from_checkpoint(args.checkpoint, **options) if args.checkpoint else Predictor.from_pretrained(**options)
+
+
+def condition_of(args: argparse.Namespace):
+    from q1net.evaluate import Condition
+
+    return Condition(args.quality_min, args.quality_max, args.subsampling, args.grid_offset, args.grayscale, args.seed)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from q1net.data.sources import FolderSource
+    from q1net.evaluate import score_source, summarise
+    from q1net.plots import confusion_image, confusion_matrix, error_by_quality_image
+    from q1net.weights import WeightsError
+
+    try:
+        source, condition = FolderSource(args.root), condition_of(args)
+        rows = []
+        for blocks in args.blocks:
+            predictor = load_predictor(args, blocks)
+            scores = score_source(predictor, source, condition, progress=sys.stderr.isatty())
+            predicted, fallback = scores.predictions(predictor.tau)
+            summary = summarise(np.array(scores.true), predicted, fallback)
+            rows.append({"blocks": blocks, "tau": predictor.tau, "seconds_per_image": float(np.mean(scores.seconds))} | summary)
+    except (WeightsError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+        return EXIT_USAGE
+    report = {"root": args.root, "condition": vars(condition), "checkpoint": args.checkpoint or "shipped", "results": rows}
+    pictures = {}
+    if len(rows) == 1:
+        true = np.array(scores.true)
+        per_quality = rows[0]["per_quality_mae"]
+        pictures = {
+            "confusion.png": confusion_image(confusion_matrix(true, predicted), f"{Path(args.root).name}: {len(true)} images"),
+            "per_quality.png": error_by_quality_image(np.array(list(per_quality)), np.array(list(per_quality.values()))),
+        }
+    if args.out:
+        out = Path(args.out)
+        write_atomically(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+        for name, picture in pictures.items():
+            write_atomically(out / name, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+    if args.wandb:
+        log_to_wandb(report, pictures)
+    if args.format == "json":
+        print(json.dumps(report))
+    else:
+        print(f"{'blocks':>6} {'MAE':>7} {'SDE|e|':>7} {'SDE(e)':>7} {'max|e|':>7} {'exact':>6} {'ms/img':>7}  ({len(scores.true)} images)")
+        for row in rows:
+            print(
+                f"{row['blocks']:>6} {row['mae']:>7.3f} {row['sde_abs']:>7.3f} {row['sde']:>7.3f} {row['max_abs_error']:>7.2f} "
+                f"{row['exact_fraction']:>6.1%} {1000 * row['seconds_per_image']:>7.1f}"
+            )
+    return EXIT_OK
+
+
+def log_to_wandb(report: dict, pictures: dict) -> None:
+    import wandb
+
+    from q1net.tracking import choose_wandb_mode
+
+    choose_wandb_mode()
+    run = wandb.run or wandb.init(project="q1net", job_type="evaluate", config={"root": report["root"], **report["condition"]})
+    for row in report["results"]:
+        run.log({f"eval/{key}": value for key, value in row.items() if isinstance(value, (int, float))})
+    run.log({f"eval/{name.removesuffix('.png')}": wandb.Image(picture) for name, picture in pictures.items()})
+
+
+def run_tune_tau(args: argparse.Namespace) -> int:
+    from q1net.data.sources import FolderSource
+    from q1net.evaluate import score_source, tune_tau
+    from q1net.weights import WeightsError
+
+    try:
+        predictor = load_predictor(args, args.blocks)
+        scores = score_source(predictor, FolderSource(args.root), condition_of(args), progress=sys.stderr.isatty())
+    except (WeightsError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+        return EXIT_USAGE
+    best, sweep = tune_tau(scores)
+    if args.format == "json":
+        print(json.dumps({"tau": best, "sweep": sweep}))
+    else:
+        for row in sweep:
+            print(f"tau {row['tau']:5.1f}  MAE {row['mae']:.3f}  fallback {row['fallback_fraction']:.1%}")
+        print(f"best tau: {best}")
+    return EXIT_OK
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from q1net.data.div2k import DownloadError, download_div2k
+
+    pins = dict(pin.split("=", 1) for pin in args.sha256 if "=" in pin)
+    try:
+        download_div2k(args.root, base_url=args.base_url, sha256=pins)
+    except DownloadError as error:
+        fail(str(error))
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,26 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         from q1net.train import train
 
         return train(argv[1:])
-    parser = argparse.ArgumentParser(prog="q1net", description="JPEG quality level from pixels (Q1Net).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train a model (LightningCLI: fit/validate/test --config ...)")
-    data = commands.add_parser("data", help="fetch data sets").add_subparsers(dest="dataset", required=True)
-    div2k = data.add_parser("div2k", help="download and unpack DIV2K high-resolution PNGs")
-    div2k.add_argument("--root", required=True, help="folder to fill (DIV2K_train_HR/, DIV2K_valid_HR/)")
-    div2k.add_argument("--base-url", default=None, help="mirror to download from instead of the official host")
-    div2k.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX", help="pin an archive's SHA-256 (repeatable)")
-    args = parser.parse_args(argv)
-    if args.command == "data":
-        from q1net.data.div2k import DownloadError, download_div2k
-
-        pins = dict(pin.split("=", 1) for pin in args.sha256 if "=" in pin)
-        try:
-            download_div2k(args.root, base_url=args.base_url, sha256=pins)
-        except DownloadError as error:
-            print(f"q1net: {error}", file=sys.stderr)
-            return 1
-        return 0
-    return 2
+    args = build_parser().parse_args(argv)
+    commands = {"predict": run_predict, "evaluate": run_evaluate, "tune-tau": run_tune_tau, "data": run_data}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

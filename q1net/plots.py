@@ -56,3 +56,25 @@ def zoom_patch(patch: np.ndarray) -> Image.Image:
     """A (3, P, P) uint8 patch enlarged with nearest neighbours so its blocking stays visible."""
     image = Image.fromarray(np.ascontiguousarray(patch.transpose(1, 2, 0)))
     return image.resize((image.width * GALLERY_ZOOM, image.height * GALLERY_ZOOM), Image.NEAREST)
+
+
+def heatmap_image(
+    pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, quality: np.ndarray, kept: np.ndarray, ring: int, block: int
+) -> Image.Image:
+    """`pixels` with each sampled coding block filled by its predicted quality; voting blocks outlined white.
+
+    `quality` and `kept` are (len(rows), len(cols)) grids; the block of a patch
+    starting at (r, c) is the `block`-sized square at (r + ring, c + ring).
+    """
+    from PIL import ImageDraw
+
+    colours = (matplotlib.colormaps["viridis"](np.clip(quality, QUALITY_MIN, QUALITY_MAX) / QUALITY_MAX)[..., :3] * 255).astype(np.uint8)
+    base = Image.fromarray(pixels).convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    for i, top in enumerate(rows):
+        for j, left in enumerate(cols):
+            box = (int(left) + ring, int(top) + ring, int(left) + ring + block - 1, int(top) + ring + block - 1)
+            outline = (255, 255, 255, 255) if kept[i, j] else (0, 0, 0, 160)
+            draw.rectangle(box, fill=(*colours[i, j], 170), outline=outline)
+    return Image.alpha_composite(base, overlay).convert("RGB")

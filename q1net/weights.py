@@ -1,0 +1,110 @@
+"""Loading and saving trained nets without unpickling code.
+
+Shipped weights are safetensors files whose metadata holds everything needed to
+use them: the architecture, the patch geometry, tau and the recipe. Training
+checkpoints are read with `torch.load(weights_only=True)`, which refuses any
+pickled object that is not plain data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from q1net import __version__
+from q1net.data.geometry import GEOMETRY
+from q1net.models.q1net import Q1NetConfig, Q1Network
+
+PRETRAINED = {"q1net_k8_photos": "q1net_k8_photos.safetensors"}  # name -> file in q1net/weights_data/
+DEFAULT_PRETRAINED = "q1net_k8_photos"
+
+
+class WeightsError(Exception):
+    """Weights that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class LoadedNet:
+    net: Q1Network
+    meta: dict = field(default_factory=dict)  # net config, geometry, tau, version, recipe, metrics
+
+    @property
+    def tau(self) -> float | None:
+        return self.meta.get("tau")
+
+
+def _check_geometry(path: str | os.PathLike[str], geometry: dict | None) -> None:
+    if geometry is not None and geometry != GEOMETRY.as_dict():
+        raise WeightsError(f"{os.fsdecode(path)}: trained for patch geometry {geometry}, this q1net uses {GEOMETRY.as_dict()}")
+
+
+def _build(path: str | os.PathLike[str], config: dict, state_dict: dict[str, torch.Tensor]) -> Q1Network:
+    try:
+        net = Q1Network(Q1NetConfig(**config))
+    except TypeError as error:
+        raise WeightsError(f"{os.fsdecode(path)}: unknown network settings {config} ({error})") from None
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{os.fsdecode(path)}: weights do not fit {config}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return net.eval()
+
+
+def save_weights(net: Q1Network, path: str | os.PathLike[str], meta: dict) -> None:
+    """Write `net` as safetensors with `meta` (JSON-able) and the architecture in the file's metadata."""
+    full = {"net": net.config.as_dict(), "geometry": GEOMETRY.as_dict(), "q1net_version": __version__} | meta
+    tensors = {name: tensor.detach().contiguous() for name, tensor in net.state_dict().items()}
+    save_file(tensors, os.fspath(path), metadata={"q1net": json.dumps(full)})
+
+
+def load_weights(path: str | os.PathLike[str]) -> LoadedNet:
+    """A net from a safetensors file written by `save_weights`."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+        state_dict = load_file(os.fspath(path))
+    except FileNotFoundError:
+        raise WeightsError(f"{os.fsdecode(path)}: no such file") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{os.fsdecode(path)}: not a safetensors weights file ({error})") from None
+    if "q1net" not in metadata:
+        raise WeightsError(f"{os.fsdecode(path)}: safetensors file without q1net metadata")
+    meta = json.loads(metadata["q1net"])
+    _check_geometry(path, meta.get("geometry"))
+    return LoadedNet(_build(path, meta["net"], state_dict), meta)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> LoadedNet:
+    """A net from a Lightning training checkpoint, read with weights_only=True (no code is unpickled)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{os.fsdecode(path)}: no such file") from None
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
+        raise WeightsError(f"{os.fsdecode(path)}: refused, the checkpoint holds more than plain data ({first_line})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise WeightsError(f"{os.fsdecode(path)}: not a readable checkpoint ({error})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "q1net" not in checkpoint:
+        raise WeightsError(f"{os.fsdecode(path)}: not a q1net training checkpoint (no state_dict / q1net entry)")
+    meta = dict(checkpoint["q1net"])
+    _check_geometry(path, meta.get("geometry"))
+    prefix = "net."
+    state_dict = {name[len(prefix) :]: tensor for name, tensor in checkpoint["state_dict"].items() if name.startswith(prefix)}
+    meta["global_step"] = checkpoint.get("global_step")
+    return LoadedNet(_build(path, meta["net"], state_dict), meta)
+
+
+def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path:
+    if name not in PRETRAINED:
+        raise WeightsError(f"unknown pretrained weights {name!r}; shipped: {', '.join(PRETRAINED)}")
+    return Path(str(resources.files("q1net") / "weights_data" / PRETRAINED[name]))
