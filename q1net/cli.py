@@ -32,6 +32,9 @@ def write_atomically(path: Path, save: object) -> None:
     os.close(handle)
     try:
         save(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -177,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_condition_arguments(tune)
     tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
 
+    pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
+    pack.add_argument("checkpoint", help="a training .ckpt")
+    pack.add_argument("out", help="the .safetensors file to write")
+    pack.add_argument("--tau", type=float, required=True, help="confidence threshold tuned on validation images (q1net tune-tau)")
+    pack.add_argument("--recipe", default=None, help="the training config, embedded in the weights' metadata")
+
     data = commands.add_parser("data", help="fetch data sets").add_subparsers(dest="dataset", required=True)
     div2k = data.add_parser("div2k", help="download and unpack DIV2K high-resolution PNGs")
     div2k.add_argument("--root", required=True, help="folder to fill (DIV2K_train_HR/, DIV2K_valid_HR/)")
@@ -277,6 +286,18 @@ def run_tune_tau(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_pack(args: argparse.Namespace) -> int:
+    from q1net.weights import WeightsError, pack_checkpoint
+
+    try:
+        write_atomically(Path(args.out), lambda tmp: pack_checkpoint(args.checkpoint, tmp, args.tau, args.recipe))
+    except (WeightsError, OSError) as error:
+        fail(str(error))
+        return EXIT_USAGE
+    print(f"{args.out}: {Path(args.out).stat().st_size} bytes, tau {args.tau}")
+    return EXIT_OK
+
+
 def run_data(args: argparse.Namespace) -> int:
     from q1net.data.div2k import DownloadError, download_div2k
 
@@ -296,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return train(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"predict": run_predict, "evaluate": run_evaluate, "tune-tau": run_tune_tau, "data": run_data}
+    commands = {"predict": run_predict, "evaluate": run_evaluate, "tune-tau": run_tune_tau, "pack": run_pack, "data": run_data}
     return commands[args.command](args)
 
 

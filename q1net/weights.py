@@ -108,3 +108,13 @@ def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path:
     if name not in PRETRAINED:
         raise WeightsError(f"unknown pretrained weights {name!r}; shipped: {', '.join(PRETRAINED)}")
     return Path(str(resources.files("q1net") / "weights_data" / PRETRAINED[name]))
+
+
+def pack_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], tau: float, recipe: str | None = None) -> dict:
+    """Turn a training checkpoint into a shippable safetensors file with tau and the recipe in its metadata."""
+    loaded = load_checkpoint(checkpoint)
+    meta = {"tau": tau, "global_step": loaded.meta.get("global_step"), "trained_with": loaded.meta.get("version")}
+    if recipe is not None:
+        meta["recipe"] = {"config": os.fsdecode(recipe), "text": Path(recipe).read_text()}
+    save_weights(loaded.net, out, meta)
+    return meta

@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+
+from q1net import Predictor
+from q1net.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -53,6 +57,20 @@ def test_fit_writes_checkpoint_and_offline_wandb_run_then_resumes(tmp_path, mode
     assert checkpoint["global_step"] == 6
     assert checkpoint["q1net"]["geometry"]["patch"] == 16 and checkpoint["q1net"]["net"]["k"] == 8
     assert checkpoint["datamodule_hyper_parameters"]["batch_size"] == 32
+
+    packed = tmp_path / "packed.safetensors"
+    pack = subprocess.run(
+        [sys.executable, "-m", "q1net.cli", "pack", last, packed, "--tau", "90", "--recipe", ROOT / "configs/q1net.yaml"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert pack.returncode == 0, pack.stderr
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    from_ckpt, from_pack = Predictor.from_checkpoint(last).predict(image), Predictor.from_checkpoint(packed).predict(image)
+    assert from_pack.quality == from_ckpt.quality
+    assert load_weights(packed).meta["tau"] == 90 and "Q1Net" in load_weights(packed).meta["recipe"]["text"]
 
     resumed = q1net_train([*args, "--trainer.max_steps=9", "--ckpt_path=last"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
