@@ -180,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_condition_arguments(tune)
     tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
 
+    export = commands.add_parser("export", help="export to ONNX / ExecuTorch (.pte, Vulkan or XNNPACK) and check parity")
+    export.add_argument("--format", choices=("onnx", "pte"), default=None, help="one format (or --all)")
+    export.add_argument(
+        "--backend", choices=("xnnpack", "vulkan", "portable"), default="xnnpack", help="ExecuTorch backend for --format pte"
+    )
+    export.add_argument("--fp16", action="store_true", help="fp16 Vulkan program")
+    export.add_argument("--all", action="store_true", help="ONNX, XNNPACK .pte and Vulkan .pte in fp32 and fp16")
+    export.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
+    export.add_argument("--out", default="exports", help="output folder (default exports/)")
+    export.add_argument("--blocks", type=positive_int, default=16, help="blocks per side of the Vulkan mosaic (default 16)")
+    export.add_argument("--images", default=None, help="folder of lossless images for the parity check (default: built-in synthetic)")
+
     pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
     pack.add_argument("checkpoint", help="a training .ckpt")
     pack.add_argument("out", help="the .safetensors file to write")
@@ -286,6 +298,39 @@ def run_tune_tau(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from q1net.data.sources import FolderSource, SyntheticSource
+    from q1net.export.parity import ParityError
+    from q1net.export.run import ALL_TARGETS, Target, export_target
+    from q1net.weights import WeightsError
+
+    if not args.all and args.format is None:
+        fail("export: give --format onnx|pte or --all")
+        return EXIT_USAGE
+    targets = ALL_TARGETS if args.all else (Target(args.format, args.backend if args.format == "pte" else None, args.fp16),)
+    try:
+        predictor = load_predictor(argparse.Namespace(checkpoint=args.checkpoint, device="cpu"), args.blocks)
+        source = FolderSource(args.images) if args.images else SyntheticSource(count=3, size=256, seed=2024)
+        images = [source.load(i) for i in range(min(3, len(source)))]
+    except (WeightsError, FileNotFoundError) as error:
+        fail(str(error))
+        return EXIT_USAGE
+    print(f"{'format':<26} {'size KB':>8} {'max|diff|':>10} {'image MAE':>9} {'ms/image':>9}  checked with")
+    failures = 0
+    for target in targets:
+        try:
+            row = export_target(predictor.net, target, Path(args.out), predictor.tau, images, args.blocks)
+        except ParityError as error:
+            fail(f"parity failed: {error}")
+            failures += 1
+            continue
+        ms = "n/a" if row["ms_per_image"] is None else f"{row['ms_per_image']:.1f}"
+        print(f"{row['format']:<26} {row['size_kb']:>8.1f} {row['max_abs_diff']:>10.2e} {row['image_mae']:>9.2f} {ms:>9}  {row['runtime']}")
+        for note in row["notes"]:
+            print(f"{'':<26} note: {note}")
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
 def run_pack(args: argparse.Namespace) -> int:
     from q1net.weights import WeightsError, pack_checkpoint
 
@@ -317,7 +362,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return train(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"predict": run_predict, "evaluate": run_evaluate, "tune-tau": run_tune_tau, "pack": run_pack, "data": run_data}
+    commands = {
+        "predict": run_predict,
+        "evaluate": run_evaluate,
+        "tune-tau": run_tune_tau,
+        "export": run_export,
+        "pack": run_pack,
+        "data": run_data,
+    }
     return commands[args.command](args)
 
 

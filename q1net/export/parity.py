@@ -1,0 +1,126 @@
+"""Parity of exported programs with the PyTorch net, on patches of real JPEG-coded images.
+
+Every runtime this machine has is run: onnxruntime for .onnx, the ExecuTorch
+runtime for XNNPACK and portable programs. The pip ExecuTorch runtime has no
+Vulkan backend, so a Vulkan program is checked twice without Vulkan kernels:
+the mosaic module against the batched net in PyTorch, and the very same
+exported mosaic graph lowered without delegation and run by the portable
+runtime. A bundled program (.bpte) carries inputs and expected outputs so the
+check can be repeated on a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from q1net.data.geometry import GEOMETRY
+from q1net.data.jpeg import jpeg_roundtrip
+from q1net.export.mosaic import MosaicQ1Net, from_mosaic, to_mosaic
+from q1net.inference import decide, sample_blocks
+from q1net.models.q1net import Q1Network
+
+FP32_ATOL, FP16_ATOL = 1e-4, 2e-2  # on the 0..100 outputs (upstream ExecuTorch Vulkan tolerances)
+PARITY_QUALITIES = (10, 50, 90)
+
+
+class ParityError(Exception):
+    pass
+
+
+@dataclass
+class ParityReport:
+    runtime: str
+    max_abs_diff: float
+    tolerance: float
+    image_quality_diff: float  # largest |difference| of image-level answers
+    answers: np.ndarray = field(repr=False)  # the runtime's image-level answers, one per batch
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def parity_images(images: list[np.ndarray], blocks: int) -> list[torch.Tensor]:
+    """Per image and quality in PARITY_QUALITIES: its sampled blocks as (N, 3, 16, 16) float32."""
+    batches = []
+    for pixels in images:
+        for quality in PARITY_QUALITIES:
+            batches.append(torch.from_numpy(sample_blocks(jpeg_roundtrip(pixels, quality), blocks).patches).float())
+    return batches
+
+
+def _image_answers(net: Q1Network, outputs: list[torch.Tensor], tau: float) -> np.ndarray:
+    answers = []
+    for output in outputs:
+        quality, confidence = net.quality_confidence(output)
+        answers.append(decide(quality.numpy(), None if confidence is None else confidence.numpy(), tau).quality)
+    return np.array(answers)
+
+
+def compare(net: Q1Network, runtime: str, run, batches: list[torch.Tensor], tau: float, tolerance: float) -> ParityReport:
+    """Run `run(batch) -> outputs` on every batch and compare with the PyTorch net."""
+    with torch.no_grad():
+        expected = [net.eval()(batch) for batch in batches]
+        got = [torch.as_tensor(run(batch)).float() for batch in batches]
+    diff = max(float((g - e).abs().max()) for g, e in zip(got, expected, strict=True))
+    answers = _image_answers(net, got, tau)
+    return ParityReport(runtime, diff, tolerance, float(np.abs(answers - _image_answers(net, expected, tau)).max()), answers)
+
+
+def onnx_runner(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"patches": batch.numpy()})[0]
+
+
+def pte_runner(path: Path):
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return lambda batch: method.execute([batch.contiguous()])[0]
+
+
+def mosaic_runner(module, blocks: int):
+    """Run a mosaic-form callable (eager module or loaded program) on batched patches."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return from_mosaic(torch.as_tensor(module(to_mosaic(batch, blocks))), len(batch))
+
+    return run
+
+
+def portable_mosaic_program(net: Q1Network, blocks: int, path: Path) -> Path:
+    """The Vulkan export's mosaic graph lowered with no delegate, runnable by the pip runtime."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    side = blocks * GEOMETRY.patch
+    program = torch.export.export(MosaicQ1Net(net, blocks).eval(), (torch.rand(1, 3, side, side) * 255,))
+    path.write_bytes(to_edge_transform_and_lower(program).to_executorch().buffer)
+    return path
+
+
+def write_bundled_program(net: Q1Network, blocks: int, batches: list[torch.Tensor], path: Path, fp16: bool) -> Path:
+    """A .bpte: the Vulkan program plus test inputs and the PyTorch outputs, to rerun parity on a device."""
+    from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+    from executorch.devtools import BundledProgram
+    from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
+    from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
+    from executorch.exir import to_edge_transform_and_lower
+
+    module = MosaicQ1Net(net, blocks).eval()
+    side = blocks * GEOMETRY.patch
+    program = torch.export.export(module, (torch.rand(1, 3, side, side) * 255,))
+    manager = to_edge_transform_and_lower(program, partitioner=[VulkanPartitioner({"force_fp16": True} if fp16 else {})]).to_executorch()
+    cases = []
+    with torch.no_grad():
+        for batch in batches[:3]:
+            mosaic = to_mosaic(batch, blocks)
+            cases.append(MethodTestCase(inputs=[mosaic], expected_outputs=[module(mosaic)]))
+    bundled = BundledProgram(manager, [MethodTestSuite("forward", cases)])
+    path.write_bytes(serialize_from_bundled_program_to_flatbuffer(bundled))
+    return path
