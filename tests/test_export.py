@@ -117,3 +117,23 @@ def test_parity_check_fails_on_perturbed_weights(tmp_path, images, monkeypatch):
     monkeypatch.setattr(run, "export_onnx", export_perturbed)
     with pytest.raises(ParityError, match=r"max \|diff\| .* over the tolerance"):
         export_target(net, Target("onnx"), tmp_path, 96.0, images, blocks=2)
+
+
+def test_cli_export_prints_the_table_and_refuses_missing_format(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from q1net.weights import save_weights
+
+    root = Path(__file__).resolve().parents[1]
+    weights = tmp_path / "w.safetensors"
+    save_weights(trained_like(), weights, {"tau": 96.0})
+    env = os.environ | {"PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "q1net.cli", "export", "--checkpoint", str(weights), "--out", str(tmp_path / "out")]
+    result = subprocess.run([*command, "--format", "onnx", "--blocks", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, row = result.stdout.strip().splitlines()[-2:]
+    assert header.split()[:2] == ["format", "size"] and row.startswith("q1net.onnx")
+    assert subprocess.run(command, capture_output=True, text=True, env=env, timeout=600).returncode == 2

@@ -180,3 +180,14 @@ def test_evaluate_block_sweep_and_tune_tau(weights, images):
     )
     result = json.loads(tuned.stdout)
     assert result["tau"] == min(result["sweep"], key=lambda r: (r["mae"], -r["tau"]))["tau"]
+
+
+def test_evaluate_logs_to_an_offline_wandb_run(weights, images, tmp_path):
+    result = q1net(
+        "evaluate", images, "--checkpoint", weights, "--quality-min", "60", "--quality-max", "60", "--blocks", "2", "--wandb", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    pictures = {p.name.split("_")[0] for p in runs[0].rglob("media/images/**/*.png")}
+    assert pictures == {"confusion", "per"}, pictures

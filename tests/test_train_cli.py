@@ -88,9 +88,13 @@ def test_images_are_logged_to_wandb(tmp_path):
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
 def test_every_config_parses(config, tmp_path):
     """Every YAML resolves into a full LightningCLI config (data configs on top of the baseline)."""
-    args = ["--config", str(config)]
-    if "model" not in yaml.safe_load(config.read_text()):  # a data config goes on top of the baseline
-        args = ["--config", str(ROOT / "configs/q1net.yaml"), "--data", str(config)]
+    content, baseline = yaml.safe_load(config.read_text()), str(ROOT / "configs/q1net.yaml")
+    if "model" not in content:  # a data config goes on top of the baseline
+        args = ["--config", baseline, "--data", str(config)]
+    elif "data" not in content:  # a head variant goes on top of the baseline
+        args = ["--config", baseline, "--config", str(config)]
+    else:
+        args = ["--config", str(config)]
     result = q1net_train(["fit", *args, "--print_config"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)

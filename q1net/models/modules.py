@@ -62,9 +62,8 @@ class QualityModule(LightningModule):
         loss = self.loss(outputs, quality.float())
         predicted, confidence = self.net.quality_confidence(outputs.detach())
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(quality))
-        mae = (predicted - quality).abs().mean()
-        self.log(f"{stage}/patch_mae", mae, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(quality))
+        for name, value in (("loss", loss), ("patch_mae", (predicted - quality).abs().mean())):
+            self.log(f"{stage}/{name}", value, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(quality))
         if stage == "val" and self._gallery is None:
             n = self.gallery_size
             self._gallery = (
