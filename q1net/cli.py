@@ -315,7 +315,9 @@ def run_export(args: argparse.Namespace) -> int:
     except (WeightsError, FileNotFoundError) as error:
         fail(str(error))
         return EXIT_USAGE
-    print(f"{'format':<26} {'size KB':>8} {'max|diff|':>10} {'image MAE':>9} {'ms/image':>9}  checked with")
+    print(
+        f"{'format':<26} {'size KB':>8} {'max|diff|':>10} {'image MAE':>9} {'ms/image':>9}  checked with (|diff| on the 0..1 output scale)"
+    )
     failures = 0
     for target in targets:
         try:
