@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_roundtrip
+from q1net.data.patches import LUMA_WEIGHTS
 from q1net.data.sources import ImageSource
 from q1net.inference import Predictor, decide
 
@@ -45,7 +46,7 @@ class Condition:
     def make(self, pixels: np.ndarray, quality: int, rng: np.random.Generator) -> np.ndarray:
         """`pixels` coded at `quality` under this condition, decoded, as (H, W, 3) uint8."""
         if self.grayscale:
-            gray = np.asarray(np.round(pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)), np.uint8)
+            gray = np.asarray(np.round(pixels.astype(np.float32) @ LUMA_WEIGHTS), np.uint8)
             decoded = np.repeat(jpeg_roundtrip(gray, quality)[:, :, None], 3, axis=2)
         else:
             decoded = jpeg_roundtrip(pixels, quality, self.subsampling)
