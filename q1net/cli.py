@@ -60,7 +60,10 @@ def expand_inputs(paths: list[str]) -> Iterator[tuple[str, str | None]]:
 class Table:
     """Rows printed as they come, in aligned columns, as JSON lines or as CSV."""
 
-    columns = ("path", "quality", "confidence", "blocks_used", "blocks_sampled", "fallback", "seconds")
+    columns = (
+        "path", "quality", "confidence", "blocks_used", "blocks_sampled", "fallback", "method", "cnn_quality", "lattice_quality",
+        "lattice_strength", "grid", "grid_sure", "header_quality", "recompressed", "table", "seconds",
+    )  # fmt: skip
 
     def __init__(self, style: str, stream=sys.stdout) -> None:
         self.style, self.stream = style, stream
@@ -68,19 +71,29 @@ class Table:
         if self.csv:
             self.csv.writeheader()
         elif style == "table":
-            print(f"{'quality':>8} {'conf':>6} {'blocks':>9}  path", file=stream)
+            print(f"{'quality':>8} {'method':>8} {'conf':>6} {'blocks':>9}  path", file=stream)
 
     def add(self, row: dict[str, object]) -> None:
         if self.style == "json":
             print(json.dumps(row), file=self.stream, flush=True)
         elif self.csv:
-            self.csv.writerow(row)
+            self.csv.writerow({key: json.dumps(value) if isinstance(value, list) else value for key, value in row.items()})
             self.stream.flush()
         else:
             confidence = "-" if row["confidence"] is None else f"{row['confidence']:.1f}"
             used = f"{row['blocks_used']}/{row['blocks_sampled']}"
-            note = "  (low confidence: no block above tau)" if row["fallback"] else ""
-            print(f"{row['quality']:>8.2f} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
+            notes = [
+                *(["low confidence: no block above tau"] if row["fallback"] else []),
+                *([f"grid at {tuple(row['grid'])}"] if row["grid_sure"] and any(row["grid"]) else []),
+                *([f"header says {row['header_quality']}"] if row["header_quality"] is not None else []),
+                *(["recompressed: coded again at a higher quality"] if row["recompressed"] else []),
+            ]
+            note = f"  ({'; '.join(notes)})" if notes else ""
+            print(f"{row['quality']:>8.2f} {row['method']:>8} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
+            if "table" in row:
+                steps = ["?" if step is None else str(step) for step in row["table"]]
+                for r in range(8):
+                    print(" " * 10 + " ".join(f"{step:>3}" for step in steps[8 * r : 8 * r + 8]), file=self.stream)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -88,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from q1net.data.geometry import GEOMETRY
     from q1net.images import ImageReadError
-    from q1net.inference import to_pixels
+    from q1net.inference import read_input
     from q1net.plots import heatmap_image
     from q1net.weights import WeightsError
 
@@ -106,8 +119,10 @@ def run_predict(args: argparse.Namespace) -> int:
             if problem:
                 raise ImageReadError(path, problem)
             start = time.perf_counter()
-            pixels = to_pixels(path)
-            result = predictor.predict(pixels, return_blocks=heatmaps is not None)
+            decoded = read_input(path)
+            [found] = predictor.gather([decoded], estimate_table=args.show_table)
+            result = predictor.resolve(found, source=path, return_blocks=heatmaps is not None)
+            pixels = decoded.pixels
             seconds = time.perf_counter() - start
             if heatmaps is not None:
                 target = heatmaps if heatmap_is_file else heatmaps / f"{Path(path).stem}_heatmap.png"
@@ -133,9 +148,19 @@ def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grayscale", action="store_true", help="code grayscale JPEGs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random grid offsets")
+    parser.add_argument("--preset", default=None, help="code with a Pillow preset (web_high, ...) instead of the quality range")
+    parser.add_argument("--recompress", type=int, default=None, metavar="Q2", help="decode and code again at Q2 (truth: min(q, Q2))")
     parser.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="json: print the summary as JSON on stdout")
+
+
+def add_method_argument(parser: argparse.ArgumentParser) -> None:
+    from q1net.inference import METHODS
+
+    parser.add_argument(
+        "--method", choices=METHODS, default="hybrid", help="hybrid (default): lattice verifier with the CNN; cnn: the network alone"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -166,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
     predict.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     predict.add_argument("--heatmap", default=None, metavar="OUT", help="write block heat maps: a .png for one input, else a folder")
+    add_method_argument(predict)
+    predict.add_argument("--show-table", action="store_true", help="estimate and print the 64 luma quantiser steps from the pixels")
 
     evaluate = commands.add_parser("evaluate", help="the paper's protocol: code lossless images at every quality, predict")
     add_condition_arguments(evaluate)
@@ -173,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--blocks", type=parse_blocks, default=[16], help="blocks per side, or a comma list (4,8,12,16,20,24 gives Table 4)"
     )
     evaluate.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the weights' tuned tau)")
+    add_method_argument(evaluate)
     evaluate.add_argument("--out", default=None, help="folder for summary.json, confusion.png, per_quality.png")
     evaluate.add_argument("--wandb", action="store_true", help="log the summary and pictures to a W&B run (offline without a key)")
 
@@ -209,19 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
 def load_predictor(args: argparse.Namespace, blocks: int):
     from q1net.inference import Predictor
 
-    options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None)}
+    options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
     return Predictor.from_checkpoint(args.checkpoint, **options) if args.checkpoint else Predictor.from_pretrained(**options)
 
 
 def condition_of(args: argparse.Namespace):
     from q1net.evaluate import Condition
 
-    return Condition(args.quality_min, args.quality_max, args.subsampling, args.grid_offset, args.grayscale, args.seed)
+    return Condition(
+        args.quality_min, args.quality_max, args.subsampling, args.grid_offset, args.grayscale, args.seed, args.preset, args.recompress
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource
-    from q1net.evaluate import score_source, summarise
+    from q1net.evaluate import score_source, summarise_methods
     from q1net.plots import confusion_image, confusion_matrix, error_by_quality_image
     from q1net.weights import WeightsError
 
@@ -231,8 +261,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for blocks in args.blocks:
             predictor = load_predictor(args, blocks)
             scores = score_source(predictor, source, condition, progress=sys.stderr.isatty())
-            predicted, fallback = scores.predictions(predictor.tau)
-            summary = summarise(np.array(scores.true), predicted, fallback)
+            summary, predicted = summarise_methods(scores, predictor.tau, args.method)
             rows.append({"blocks": blocks, "tau": predictor.tau, "seconds_per_image": float(np.mean(scores.seconds))} | summary)
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
@@ -256,12 +285,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report))
     else:
-        print(f"{'blocks':>6} {'MAE':>7} {'SDE|e|':>7} {'SDE(e)':>7} {'max|e|':>7} {'exact':>6} {'ms/img':>7}  ({len(scores.true)} images)")
+        print(
+            f"{'blocks':>6} {'method':>8} {'MAE':>7} {'SDE|e|':>7} {'SDE(e)':>7} {'max|e|':>7} {'exact':>6} {'lattice':>7} {'ms/img':>7}"
+            f"  ({len(scores.true)} images)"
+        )
         for row in rows:
-            print(
-                f"{row['blocks']:>6} {row['mae']:>7.3f} {row['sde_abs']:>7.3f} {row['sde']:>7.3f} {row['max_abs_error']:>7.2f} "
-                f"{row['exact_fraction']:>6.1%} {1000 * row['seconds_per_image']:>7.1f}"
-            )
+            for method, figures in row["by_method"].items():
+                print(
+                    f"{row['blocks']:>6} {method:>8} {figures['mae']:>7.3f} {figures['sde_abs']:>7.3f} {figures['sde']:>7.3f} "
+                    f"{figures['max_abs_error']:>7.2f} {figures['exact_fraction']:>6.1%} {figures['decided_by_lattice']:>7.1%} "
+                    f"{1000 * row['seconds_per_image']:>7.1f}"
+                )
     return EXIT_OK
 
 

@@ -4,24 +4,31 @@ Each image is JPEG-coded at every quality of a range (Pillow's libjpeg-turbo),
 decoded, and its quality predicted from the pixels. Conditions beyond the
 paper: a random grid offset (the decoded image is cropped by 1..7 pixels at
 the top and left, so the coding grid no longer starts at the origin), 4:4:4
-chroma, and grayscale.
+chroma, grayscale, one of Pillow's named presets (other tables than IJG's:
+scored against their IJG-equivalent quality, q1net.quant_tables), and
+recompression (coded at q, decoded, coded again at Q2: scored against
+min(q, Q2), the strongest compression the pixels went through).
 
-Blocks are scored once per image; tau and the median rule are then applied
-to the stored block scores, so tuning tau needs no second pass of the net.
+Evidence (grid, block scores, lattice fit) is measured once per image; tau,
+the median rule and every method are then applied to it, so tuning tau needs
+no second pass and one run reports CNN-only, lattice-only and hybrid alike.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_roundtrip
+from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_encode, jpeg_roundtrip
 from q1net.data.patches import LUMA_WEIGHTS
 from q1net.data.sources import ImageSource
-from q1net.inference import Predictor, decide
+from q1net.images import Decoded, read_image
+from q1net.inference import METHODS, Evidence, Method, Predictor, combine, decide
+from q1net.quant_tables import ijg_equivalent_quality
 
 GridOffset = Literal["none", "random"]
 TAU_GRID = tuple(np.round(np.arange(80.0, 99.51, 0.5), 2))  # the grid tune-tau searches
@@ -38,42 +45,53 @@ class Condition:
     grid_offset: GridOffset = "none"
     grayscale: bool = False
     seed: int = 0  # for the random grid offsets
+    preset: str | None = None  # a Pillow preset (e.g. web_high) instead of the quality range
+    recompress: int | None = None  # Q2: code again at this quality after the first decode
 
     @property
-    def qualities(self) -> range:
-        return range(self.quality_min, self.quality_max + 1)
+    def qualities(self) -> list[int | str]:
+        return [self.preset] if self.preset else list(range(self.quality_min, self.quality_max + 1))
 
-    def make(self, pixels: np.ndarray, quality: int, rng: np.random.Generator) -> np.ndarray:
-        """`pixels` coded at `quality` under this condition, decoded, as (H, W, 3) uint8."""
+    def make(self, pixels: np.ndarray, quality: int | str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """`pixels` coded at `quality` under this condition and decoded, as (H, W, 3) uint8, and the true quality."""
         if self.grayscale:
-            gray = np.asarray(np.round(pixels.astype(np.float32) @ LUMA_WEIGHTS), np.uint8)
-            decoded = np.repeat(jpeg_roundtrip(gray, quality)[:, :, None], 3, axis=2)
-        else:
-            decoded = jpeg_roundtrip(pixels, quality, self.subsampling)
+            pixels = np.asarray(np.round(pixels.astype(np.float32) @ LUMA_WEIGHTS), np.uint8)
+        decoded = read_image(io.BytesIO(jpeg_encode(pixels, quality, self.subsampling)))
+        true = (
+            quality if decoded.jpeg_luma_table is None or not isinstance(quality, str) else ijg_equivalent_quality(decoded.jpeg_luma_table)
+        )
+        decoded = decoded.pixels
+        if self.recompress is not None:
+            decoded = jpeg_roundtrip(decoded, self.recompress, self.subsampling)
+            true = min(true, self.recompress)
         if self.grid_offset == "random":
             dy, dx = rng.integers(1, 8, 2)
             decoded = decoded[dy:, dx:]
-        return np.ascontiguousarray(decoded)
+        return np.ascontiguousarray(decoded), int(true)
 
 
 @dataclass
 class BlockScores:
-    """Every test image's block scores: enough to apply any tau afterwards."""
+    """Every test image's evidence: enough to apply any tau and any method afterwards."""
 
     names: list[str] = field(default_factory=list)
     true: list[int] = field(default_factory=list)
-    quality: list[np.ndarray] = field(default_factory=list)
-    confidence: list[np.ndarray | None] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)  # network + decision time per image
+    evidence: list[Evidence] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # grid, network, lattice and decision time per image
 
-    def predictions(self, tau: float) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted qualities, fallback flags) of all test images under `tau`."""
-        decisions = [decide(q, c, tau) for q, c in zip(self.quality, self.confidence, strict=True)]
-        return np.array([d.quality for d in decisions]), np.array([d.fallback for d in decisions])
+    def predictions(self, tau: float, method: Method = "hybrid") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted qualities, fallback flags, decided-by-lattice flags) of all test images."""
+        rows = []
+        for found in self.evidence:
+            decision = decide(found.quality, found.confidence, tau)
+            verdict = combine(decision.quality, found.lattice, found.header_quality, method)
+            rows.append((verdict.quality, decision.fallback, verdict.method == "lattice"))
+        predicted, fallback, by_lattice = zip(*rows, strict=True)
+        return np.array(predicted), np.array(fallback), np.array(by_lattice)
 
 
 def score_source(predictor: Predictor, source: ImageSource, condition: Condition, progress: bool = False) -> BlockScores:
-    """Code every image of `source` at every quality of `condition` and score the blocks."""
+    """Code every image of `source` at every quality of `condition` and gather the predictor's evidence."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(condition.seed)
@@ -84,19 +102,33 @@ def score_source(predictor: Predictor, source: ImageSource, condition: Condition
     for start in range(0, len(jobs), IMAGES_PER_FORWARD):
         chunk = jobs[start : start + IMAGES_PER_FORWARD]
         cache = {i: cache[i] if i in cache else source.load(i) for i in sorted({i for i, _ in chunk})}
-        images = [condition.make(cache[i], q, rng) for i, q in chunk]
+        made = [condition.make(cache[i], q, rng) for i, q in chunk]
         begin = time.perf_counter()
-        scored = predictor.score_blocks(images)
+        evidence = predictor.gather([Decoded(pixels) for pixels, _ in made])
         seconds = (time.perf_counter() - begin) / len(chunk)
-        for (index, quality), (_, block_quality, block_confidence) in zip(chunk, scored, strict=True):
+        for (index, _), (_, true), found in zip(chunk, made, evidence, strict=True):
             scores.names.append(source.name(index))
-            scores.true.append(quality)
-            scores.quality.append(block_quality)
-            scores.confidence.append(block_confidence)
+            scores.true.append(true)
+            scores.evidence.append(found)
             scores.seconds.append(seconds)
         bar.update(len(chunk))
     bar.close()
     return scores
+
+
+def summarise_methods(scores: BlockScores, tau: float, primary: Method) -> tuple[dict[str, object], np.ndarray]:
+    """The full summary under `primary`, the headline figures under every method, and `primary`'s predictions."""
+    true = np.array(scores.true)
+    by_method = {}
+    for method in METHODS:
+        predicted, fallback, by_lattice = scores.predictions(tau, method)
+        summary = summarise(true, predicted, fallback) | {"decided_by_lattice": float(by_lattice.mean())}
+        by_method[method] = {
+            key: summary[key] for key in ("mae", "sde_abs", "sde", "max_abs_error", "exact_fraction", "decided_by_lattice")
+        }
+        if method == primary:
+            full, primary_predicted = summary, predicted
+    return full | {"method": primary, "by_method": by_method}, primary_predicted
 
 
 def summarise(true: np.ndarray, predicted: np.ndarray, fallback: np.ndarray | None = None) -> dict[str, object]:
@@ -118,10 +150,10 @@ def summarise(true: np.ndarray, predicted: np.ndarray, fallback: np.ndarray | No
 
 
 def tune_tau(scores: BlockScores, grid: tuple[float, ...] = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
-    """The tau of `grid` with the lowest MAE on `scores` (the paper's grid search), and the whole sweep."""
+    """The tau of `grid` with the lowest CNN-only MAE on `scores` (the paper's grid search), and the whole sweep."""
     sweep = []
     for tau in grid:
-        predicted, fallback = scores.predictions(tau)
+        predicted, fallback, _ = scores.predictions(tau, "cnn")
         sweep.append(
             {"tau": float(tau), "mae": float(np.abs(predicted - np.array(scores.true)).mean()), "fallback_fraction": float(fallback.mean())}
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,25 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # (H, W, 3) uint8
+    jpeg_luma_table: np.ndarray | None = None  # (64,) natural order: a JPEG file's own luma quantisation table
+
+
+def jpeg_luma_table(image: Image.Image) -> np.ndarray | None:
+    """The luma quantisation table a JPEG's header declares (Pillow reports it in natural order); None otherwise."""
+    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    return np.array(tables[0], dtype=np.int64) if tables and 0 in tables and len(tables[0]) == 64 else None
+
+
 def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
     """Decode the image at `path` (its first frame) to (H, W, 3) uint8, or raise ImageReadError."""
+    return read_image(path, max_pixels).pixels
+
+
+def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
+    """The pixels of the image at `path` (its first frame) and, for JPEG files, the header's luma table."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -63,7 +81,7 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT)
                 if width * height > max_pixels:
                     raise ImageReadError(path, f"{width}x{height} is over the {max_pixels}-pixel limit")
                 image.load()
-                return to_rgb_array(image)
+                return Decoded(to_rgb_array(image), jpeg_luma_table(image))
     except ImageReadError:
         raise
     except FileNotFoundError:

@@ -104,6 +104,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedNet:
     return LoadedNet(_build(path, meta["net"], state_dict), meta)
 
 
+def load_net_file(path: str | os.PathLike[str]) -> LoadedNet:
+    """Safetensors weights written by q1net, or a Lightning training checkpoint (anything else)."""
+    return load_weights(path) if os.fspath(path).endswith(".safetensors") else load_checkpoint(path)
+
+
 def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path:
     if name not in PRETRAINED:
         raise WeightsError(f"unknown pretrained weights {name!r}; shipped: {', '.join(PRETRAINED)}")

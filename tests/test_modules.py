@@ -64,3 +64,18 @@ def test_classifier_curriculum_grows_from_two_classes():
 def test_classifier_refuses_a_curriculum_that_does_not_end_at_100():
     with pytest.raises(ValueError, match="curriculum"):
         Q1Classifier(curriculum=[2, 50])
+
+
+def test_init_weights_starts_from_a_trained_net_of_the_same_shape(tmp_path):
+    from q1net.weights import WeightsError, save_weights
+
+    torch.manual_seed(1)
+    trained = Q1Net(k=4)
+    torch.nn.init.constant_(trained.net.fc.weight, 0.25)  # differs from any fresh initialisation
+    path = tmp_path / "start.safetensors"
+    save_weights(trained.net, path, {"tau": 90.0})
+    tuned = Q1Net(k=4, init_weights=str(path))
+    for name, tensor in trained.net.state_dict().items():
+        assert torch.equal(tensor, tuned.net.state_dict()[name]), name
+    with pytest.raises(WeightsError, match="init_weights hold"):
+        Q1Net(k=8, init_weights=str(path))

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, JpegPresets
 
 from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
-from q1net.inference import to_pixels
+from q1net.inference import read_input
 from q1net.models.q1net import create_model
+from q1net.quant_tables import ijg_equivalent_quality, ijg_luma_table
 from q1net.weights import WeightsError, load_weights, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,11 +77,11 @@ def test_batch_equals_one_by_one_and_grids_are_returned(weights, images):
 
 def test_pixel_conversion_rules():
     gray16 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 257
-    np.testing.assert_array_equal(to_pixels(gray16)[:, :, 0], np.arange(64).reshape(8, 8))
+    np.testing.assert_array_equal(read_input(gray16).pixels[:, :, 0], np.arange(64).reshape(8, 8))
     rgba = np.zeros((8, 8, 4), np.uint8)
-    assert to_pixels(rgba).shape == (8, 8, 3)
+    assert read_input(rgba).pixels.shape == (8, 8, 3)
     with pytest.raises(ValueError, match="not an image"):
-        to_pixels(np.zeros((8, 8, 5), np.uint8))
+        read_input(np.zeros((8, 8, 5), np.uint8))
 
 
 def test_missing_or_foreign_weights_are_named(tmp_path):
@@ -167,6 +168,8 @@ def test_evaluate_writes_summary_and_pictures(weights, images, tmp_path):
     assert row["images"] == 3 * 3 and set(row["per_quality_mae"]) == {"40", "41", "42"}
     assert row["mae"] >= 0 and row["sde_abs"] >= 0 and 0 <= row["exact_fraction"] <= 1
     assert json.loads((out / "summary.json").read_text()) == report
+    assert row["method"] == "hybrid" and set(row["by_method"]) == {"hybrid", "cnn", "lattice"}
+    assert row["by_method"]["hybrid"]["mae"] == row["mae"] and row["by_method"]["hybrid"]["decided_by_lattice"] > 0.5
     assert Image.open(out / "confusion.png").size[0] > 100 and (out / "per_quality.png").is_file()
 
 
@@ -191,3 +194,28 @@ def test_evaluate_logs_to_an_offline_wandb_run(weights, images, tmp_path):
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     pictures = {p.name.split("_")[0] for p in runs[0].rglob("media/images/**/*.png")}
     assert pictures == {"confusion", "per"}, pictures
+
+
+def test_cli_methods_grid_and_table(weights, images):
+    png = images / "q37_0.png"
+    hybrid = json.loads(q1net("predict", png, "--checkpoint", weights, "--format", "json").stdout)
+    assert hybrid["method"] == "lattice" and hybrid["quality"] == hybrid["lattice_quality"] == 37 and hybrid["grid"] == [0, 0]
+    assert hybrid["header_quality"] is None and not hybrid["recompressed"] and "table" not in hybrid
+    cnn = json.loads(q1net("predict", png, "--checkpoint", weights, "--format", "json", "--method", "cnn").stdout)
+    assert cnn["method"] == "cnn" and cnn["quality"] == cnn["cnn_quality"] and cnn["lattice_quality"] is None
+    shown = q1net("predict", png, "--checkpoint", weights, "--show-table")
+    rows = shown.stdout.strip().splitlines()[2:]
+    assert shown.returncode == 0 and len(rows) == 8 and rows[0].split()[0] == str(ijg_luma_table(37)[0])
+
+
+def test_evaluate_preset_and_recompression_conditions(weights, images):
+    preset = json.loads(q1net("evaluate", images, "--checkpoint", weights, "--preset", "web_high", "--format", "json").stdout)
+    row = preset["results"][0]
+    assert preset["condition"]["preset"] == "web_high" and row["images"] == 3
+    assert set(row["per_quality_mae"]) == {str(ijg_equivalent_quality(JpegPresets.presets["web_high"]["quantization"][0]))}
+    again = q1net(
+        "evaluate", images, "--checkpoint", weights, "--quality-min", "30", "--quality-max", "30", "--recompress", "90", "--format", "json"
+    )
+    row = json.loads(again.stdout)["results"][0]
+    assert again.returncode == 0 and set(row["per_quality_mae"]) == {"30"}  # truth: min(q, Q2)
+    assert q1net("evaluate", images, "--preset", "nonsense").returncode == 2

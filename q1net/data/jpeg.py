@@ -6,18 +6,28 @@ import io
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegPresets
 
 Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]
 QUALITY_MIN, QUALITY_MAX = 1, 100  # the IJG quality scale the network predicts
 
 
-def jpeg_roundtrip(pixels: np.ndarray, quality: int, subsampling: Subsampling = "4:2:0") -> np.ndarray:
-    """Encode `pixels` (H, W, 3) or (H, W) uint8 at IJG `quality` and decode them again."""
-    if not QUALITY_MIN <= quality <= QUALITY_MAX:
+def jpeg_encode(pixels: np.ndarray, quality: int | str, subsampling: Subsampling = "4:2:0") -> bytes:
+    """JPEG bytes of `pixels` (H, W, 3) or (H, W) uint8 at IJG `quality`, or with one of Pillow's named presets."""
+    if isinstance(quality, str):
+        if quality not in JpegPresets.presets:
+            raise ValueError(f"unknown JPEG preset {quality!r}; Pillow has {', '.join(JpegPresets.presets)}")
+        options: dict[str, object] = {"quality": quality}  # a preset fixes its own tables and subsampling
+    elif QUALITY_MIN <= quality <= QUALITY_MAX:
+        options = {"quality": int(quality), "subsampling": subsampling}
+    else:
         raise ValueError(f"JPEG quality must be in {QUALITY_MIN}..{QUALITY_MAX}, got {quality}")
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality), subsampling=subsampling)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    Image.fromarray(pixels).save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def jpeg_roundtrip(pixels: np.ndarray, quality: int | str, subsampling: Subsampling = "4:2:0") -> np.ndarray:
+    """Encode `pixels` as `jpeg_encode` does and decode them again."""
+    with Image.open(io.BytesIO(jpeg_encode(pixels, quality, subsampling))) as decoded:
         return np.asarray(decoded)

@@ -21,6 +21,7 @@ from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 from q1net.inference import BLOCKS_DEFAULT, TAU_DEFAULT, decide, sample_blocks, score_patches
 from q1net.models.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
 from q1net.plots import confusion_image, confusion_matrix, zoom_patch
+from q1net.weights import WeightsError, load_net_file
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (B, 3, P, P) uint8 patches, (B,) int qualities
 
@@ -40,15 +41,25 @@ class QualityModule(LightningModule):
         blocks: int = BLOCKS_DEFAULT,
         gallery_size: int = 16,
         compile: bool = False,
+        init_weights: str | None = None,
     ) -> None:
+        """`init_weights` starts from a trained net (safetensors or .ckpt) of the same architecture: fine-tuning."""
         super().__init__()
         self.save_hyperparameters()
         self.net = Q1Network(Q1NetConfig(k=k, alpha=self.config.alpha, bottlenecks=bottlenecks, head=self.config.head))
+        if init_weights is not None:
+            self._load_initial(init_weights)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.tau, self.blocks, self.gallery_size = tau, blocks, gallery_size
         # compiled for training steps only: fixed batch shape, about twice as fast on CPU
         self._train_forward = torch.compile(self.net.forward) if compile else self.net.forward
         self._gallery: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
+    def _load_initial(self, path: str) -> None:
+        loaded = load_net_file(path)
+        if loaded.net.config != self.net.config:
+            raise WeightsError(f"{path}: init_weights hold {loaded.net.config}, this model is {self.net.config}")
+        self.net.load_state_dict(loaded.net.state_dict())
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.net(patches.float())

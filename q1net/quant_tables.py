@@ -1,0 +1,63 @@
+"""IJG quantisation tables: the one place that knows how a quality level becomes quantiser steps.
+
+The base luma table is Table K.1 of the JPEG standard (ITU-T T.81, Annex K); the
+scaling from quality 1..100 to steps is libjpeg's `jpeg_quality_scaling`,
+which libjpeg-turbo, and so Pillow, use with `quality=`.
+
+"IJG-equivalent quality" of any luma table (another encoder's, Pillow's presets,
+custom `qtables`) is defined here as the IJG quality whose luma table is closest
+to it in mean squared log-step over the 64 frequencies (over the known ones, for
+a table estimated from pixels). Log steps because quantisation error grows with
+the step: a step of 2 against 1 is as far as 40 against 20.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
+
+IJG_LUMA_BASE = np.array(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ]
+).reshape(64)  # natural (row-major) order, as Pillow's `Image.quantization` reports tables
+STEP_MAX = 255  # baseline JPEG's 8-bit steps
+
+
+def ijg_scale(quality: int) -> int:
+    """libjpeg's percentage scaling of the base tables for `quality` (1..100)."""
+    if not QUALITY_MIN <= quality <= QUALITY_MAX:
+        raise ValueError(f"IJG quality must be in {QUALITY_MIN}..{QUALITY_MAX}, got {quality}")
+    return 5000 // quality if quality < 50 else 200 - 2 * quality
+
+
+def ijg_luma_table(quality: int) -> np.ndarray:
+    """The 64 luma steps (natural order) libjpeg uses at `quality`."""
+    return np.clip((IJG_LUMA_BASE * ijg_scale(quality) + 50) // 100, 1, STEP_MAX)
+
+
+IJG_QUALITIES = np.arange(QUALITY_MIN, QUALITY_MAX + 1)
+IJG_LUMA_TABLES = np.stack([ijg_luma_table(int(q)) for q in IJG_QUALITIES])  # (100, 64), row q - 1
+
+
+def ijg_equivalent_quality(table: np.ndarray, known: np.ndarray | None = None) -> int:
+    """The IJG quality whose luma table is closest to `table` in mean squared log-step (see module docstring).
+
+    `known` masks the frequencies to compare (steps estimated from pixels can be
+    unknown where every coefficient quantised to zero). Ties go to the higher quality.
+    """
+    table = np.asarray(table, float).reshape(64)
+    known = np.ones(64, bool) if known is None else np.asarray(known, bool).reshape(64)
+    if not known.any():
+        raise ValueError("no known quantiser step to compare")
+    distance = ((np.log(IJG_LUMA_TABLES[:, known]) - np.log(table[known])) ** 2).mean(axis=1)
+    best = np.flatnonzero(distance == distance.min())
+    return int(IJG_QUALITIES[best[-1]])
