@@ -1,4 +1,18 @@
-"""From an image to one quality level: sample blocks, score them, keep the confident, take the median.
+"""From an image to one quality level: find the grid, score blocks, check the lattice, decide.
+
+Steps, each measured once per image into an `Evidence`:
+1. the coding grid's phase (q1net.grid), so cropped images are read on their grid;
+2. the CNN on n x n blocks of that grid (the published rule, below);
+3. the DCT-lattice fit (q1net.lattice) on the same grid;
+4. for JPEG files, the header's own luma table.
+`combine` then turns evidence into one answer (`method` says which evidence decided):
+- "hybrid" (default): a strong lattice answers, choosing among its plausible
+  qualities the one nearest the CNN's; a weak lattice (never JPEG-coded,
+  resized, filtered, tiny) leaves the CNN's answer. When the CNN sees a clearly
+  lower quality than the lattice or the header (more than AGREE_LEVELS), the
+  image was coded again at a higher quality: the CNN's lower answer stands and
+  `recompressed` is set.
+- "cnn": the CNN alone (what the mobile exports compute); "lattice": the lattice alone.
 
 The published rule (REFERENCE.md): n x n blocks spread uniformly on the 8x8
 grid, run as one batch, keep predictions whose confidence is strictly above
@@ -15,6 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,13 +37,19 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from q1net.data.geometry import GEOMETRY, PatchGeometry
-from q1net.images import load_rgb, to_rgb_array
+from q1net.grid import GridPhase, detect_grid
+from q1net.images import Decoded, jpeg_luma_table, read_image, to_rgb_array
+from q1net.lattice import LatticeFit, fit_lattice, lattice_coefficients
 from q1net.models.q1net import Q1Network
-from q1net.weights import DEFAULT_PRETRAINED, load_checkpoint, load_weights, pretrained_path
+from q1net.quant_tables import ijg_equivalent_quality
+from q1net.weights import DEFAULT_PRETRAINED, load_net_file, load_weights, pretrained_path
 
 TAU_DEFAULT = 96.0  # confidence threshold found by grid search in the paper
 BLOCKS_DEFAULT = 16  # blocks per side: 16 x 16 = 256 patches
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share
+AGREE_LEVELS = 12.0  # CNN below the lattice/header by more than this: recompressed (CNN's max test error is about 9)
+Method = Literal["hybrid", "cnn", "lattice"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,40 @@ def score_patches(net: torch.nn.Module, patches: np.ndarray, device: str | torch
     return quality.cpu().numpy(), None if confidence is None else confidence.cpu().numpy()
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What one image shows, measured once; any tau or method is applied to it afterwards."""
+
+    phase: GridPhase
+    sample: BlockSample  # rows and cols in the image's own coordinates
+    quality: np.ndarray  # (N,) the CNN's per-block qualities
+    confidence: np.ndarray | None  # (N,) and confidences (None for a plain regressor)
+    lattice: LatticeFit | None  # None when not computed or too few usable blocks
+    header_quality: int | None  # IJG-equivalent quality of a JPEG file's own luma table
+
+
+@dataclass(frozen=True)
+class Verdict:
+    quality: float
+    method: str  # the evidence that decided: "cnn" or "lattice"
+    recompressed: bool
+
+
+def combine(cnn_quality: float, lattice: LatticeFit | None, header_quality: int | None, method: Method = "hybrid") -> Verdict:
+    """One answer from the CNN's, the lattice's and the header's evidence (rules in the module docstring)."""
+    if method == "lattice" and lattice is not None:
+        return Verdict(float(lattice.quality), "lattice", header_quality is not None and lattice.quality < header_quality - AGREE_LEVELS)
+    strong = lattice is not None and lattice.strong
+    lattice_quality = min(lattice.plausible, key=lambda q: abs(q - cnn_quality)) if strong else None
+    seen_again = lattice_quality is not None and cnn_quality < lattice_quality - AGREE_LEVELS
+    if method == "cnn" or lattice_quality is None or seen_again:
+        quality, decided_by = cnn_quality, "cnn"
+    else:
+        quality, decided_by = float(lattice_quality), "lattice"
+    recompressed = seen_again or (header_quality is not None and quality < header_quality - AGREE_LEVELS)
+    return Verdict(quality, decided_by, recompressed)
+
+
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 
 
@@ -95,7 +150,16 @@ class Prediction:
     blocks_used: int
     blocks_sampled: int
     fallback: bool
+    method: str  # which evidence decided: "cnn" or "lattice"
+    cnn_quality: float
+    lattice_quality: int | None
+    lattice_strength: float | None  # nats per block over "no lattice"; strong from q1net.lattice.STRENGTH_MIN
+    grid: tuple[int, int]  # (dy, dx) of the coding grid
+    grid_sure: bool  # False: no grid stood out and (0, 0) was assumed
+    header_quality: int | None  # JPEG files: the header table's IJG-equivalent quality
+    recompressed: bool  # the pixels show an earlier, lower quality than the lattice or header
     source: str | None = None  # the path, when the input was one
+    table: list[int | None] | None = None  # estimated luma steps (natural order, None = not pinned down), on request
     block_quality: np.ndarray | None = field(default=None, repr=False)  # (ny, nx) grid, with return_blocks
     block_confidence: np.ndarray | None = field(default=None, repr=False)
     block_kept: np.ndarray | None = field(default=None, repr=False)  # (ny, nx) bool: the blocks that voted
@@ -110,31 +174,43 @@ class Prediction:
             "blocks_used": self.blocks_used,
             "blocks_sampled": self.blocks_sampled,
             "fallback": self.fallback,
-        }
+            "method": self.method,
+            "cnn_quality": round(self.cnn_quality, 2),
+            "lattice_quality": self.lattice_quality,
+            "lattice_strength": None if self.lattice_strength is None else round(self.lattice_strength, 2),
+            "grid": list(self.grid),
+            "grid_sure": self.grid_sure,
+            "header_quality": self.header_quality,
+            "recompressed": self.recompressed,
+        } | ({} if self.table is None else {"table": self.table})
 
 
-def to_pixels(image: ImageInput) -> np.ndarray:
-    """An (H, W, 3) uint8 array from a path, a PIL image or an array (see q1net.images for the rules)."""
+def read_input(image: ImageInput) -> Decoded:
+    """Pixels (H, W, 3) uint8, and a JPEG's header table, from a path, a PIL image or an array (rules: q1net.images)."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
             if image.dtype == np.uint8:
                 array = image if image.ndim == 3 else image[:, :, None]
-                return np.ascontiguousarray(np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3])
+                return Decoded(np.ascontiguousarray(np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]))
             if image.dtype == np.uint16:
-                return to_pixels(np.clip(np.round(image / 257.0), 0, 255).astype(np.uint8))
+                return read_input(np.clip(np.round(image / 257.0), 0, 255).astype(np.uint8))
         raise ValueError(f"array of shape {image.shape} and dtype {image.dtype} is not an image (want HxW[x1|3|4], uint8 or uint16)")
     if isinstance(image, Image.Image):
-        return to_rgb_array(image)
-    return load_rgb(image)
+        return Decoded(to_rgb_array(image), jpeg_luma_table(image))
+    return read_image(image)
 
 
 class Predictor:
     """Q1Net's image-level answer: `Predictor.from_pretrained().predict("img.png").quality`."""
 
-    def __init__(self, net: Q1Network, tau: float = TAU_DEFAULT, blocks: int = BLOCKS_DEFAULT, device: str = "cpu") -> None:
+    def __init__(
+        self, net: Q1Network, tau: float = TAU_DEFAULT, blocks: int = BLOCKS_DEFAULT, device: str = "cpu", method: Method = "hybrid"
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
         self.net = net.eval().to(self.device)
-        self.tau, self.blocks = tau, blocks
+        self.tau, self.blocks, self.method = tau, blocks, method
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_PRETRAINED, *, tau: float | None = None, **kwargs: object) -> Predictor:
@@ -145,51 +221,80 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, tau: float | None = None, **kwargs: object) -> Predictor:
         """A Lightning training checkpoint (.ckpt) or a safetensors file written by q1net."""
-        loaded = load_weights(path) if os.fspath(path).endswith(".safetensors") else load_checkpoint(path)
+        loaded = load_net_file(path)
         return cls(loaded.net, tau=(loaded.tau or TAU_DEFAULT) if tau is None else tau, **kwargs)
 
-    def predict(self, image: ImageInput, return_blocks: bool = False) -> Prediction:
+    def predict(self, image: ImageInput, return_blocks: bool = False, show_table: bool = False) -> Prediction:
         """One image: a path, a PIL image or an (H, W[, C]) uint8/uint16 array."""
-        return self.predict_batch([image], return_blocks)[0]
+        return self.predict_batch([image], return_blocks, show_table)[0]
 
-    def predict_batch(self, images: list[ImageInput], return_blocks: bool = False) -> list[Prediction]:
-        """Several images, their blocks scored in one forward pass."""
-        scored = self.score_blocks([to_pixels(image) for image in images])
+    def predict_batch(self, images: list[ImageInput], return_blocks: bool = False, show_table: bool = False) -> list[Prediction]:
+        """Several images, their blocks scored in one forward pass. `show_table` estimates every luma step too."""
+        evidence = self.gather([read_input(image) for image in images], estimate_table=show_table)
         return [
-            self._decide(sample, quality, confidence, image, return_blocks)
-            for image, (sample, quality, confidence) in zip(images, scored, strict=True)
+            self.resolve(found, source=os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else None, return_blocks=return_blocks)
+            for image, found in zip(images, evidence, strict=True)
         ]
 
-    def score_blocks(self, images: list[np.ndarray]) -> list[tuple[BlockSample, np.ndarray, np.ndarray | None]]:
-        """Per image: its sampled blocks and their (quality, confidence), all images in one forward pass."""
-        samples = [sample_blocks(pixels, self.blocks) for pixels in images]
+    def gather(self, images: list[Decoded], estimate_table: bool = False) -> list[Evidence]:
+        """Per image: grid phase, CNN block scores (all images in one forward pass), lattice fit and header quality."""
+        phases = [detect_grid(image.pixels) for image in images]
+        samples = [self._sample(image.pixels, phase) for image, phase in zip(images, phases, strict=True)]
         quality, confidence = score_patches(self.net, np.concatenate([s.patches for s in samples]), self.device)
         bounds = np.cumsum([0] + [len(s.patches) for s in samples])
-        return [
-            (sample, quality[a:b], None if confidence is None else confidence[a:b])
-            for sample, a, b in zip(samples, bounds[:-1], bounds[1:], strict=True)
-        ]
+        evidence = []
+        for image, phase, sample, a, b in zip(images, phases, samples, bounds[:-1], bounds[1:], strict=True):
+            lattice = None if self.method == "cnn" else fit_lattice(lattice_coefficients(image.pixels, phase), estimate=estimate_table)
+            header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
+            evidence.append(Evidence(phase, sample, quality[a:b], None if confidence is None else confidence[a:b], lattice, header))
+        return evidence
 
-    def _decide(
-        self, sample: BlockSample, quality: np.ndarray, confidence: np.ndarray | None, image: ImageInput, return_blocks: bool
+    def _sample(self, pixels: np.ndarray, phase: GridPhase) -> BlockSample:
+        """Blocks on the grid at `phase` (the image cropped to start on it), in the image's coordinates."""
+        cropped = sample_blocks(pixels[phase.dy :, phase.dx :], self.blocks)
+        return BlockSample(cropped.patches, cropped.rows + phase.dy, cropped.cols + phase.dx)
+
+    def resolve(
+        self,
+        evidence: Evidence,
+        tau: float | None = None,
+        method: Method | None = None,
+        source: str | None = None,
+        return_blocks: bool = False,
     ) -> Prediction:
-        decision = decide(quality, confidence, self.tau)
-        grid = (len(sample.rows), len(sample.cols))
+        """The answer `evidence` gives under `tau` and `method` (the predictor's own by default)."""
+        decision = decide(evidence.quality, evidence.confidence, self.tau if tau is None else tau)
+        lattice = evidence.lattice
+        verdict = combine(decision.quality, lattice, evidence.header_quality, method or self.method)
+        sample, confidence = evidence.sample, evidence.confidence
         blocks = {}
         if return_blocks:
+            grid = (len(sample.rows), len(sample.cols))
             blocks = {
-                "block_quality": quality.reshape(grid),
+                "block_quality": evidence.quality.reshape(grid),
                 "block_confidence": None if confidence is None else confidence.reshape(grid),
                 "block_kept": decision.kept.reshape(grid),
                 "block_rows": sample.rows,
                 "block_cols": sample.cols,
             }
+        table = None
+        if lattice is not None and lattice.steps is not None:
+            table = [int(step) if known else None for step, known in zip(lattice.steps, lattice.known, strict=True)]
         return Prediction(
-            quality=decision.quality,
+            quality=verdict.quality,
             confidence=None if confidence is None else float(np.median(confidence[decision.kept])),
             blocks_used=decision.blocks_used,
-            blocks_sampled=len(quality),
+            blocks_sampled=len(evidence.quality),
             fallback=decision.fallback,
-            source=os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else None,
+            method=verdict.method,
+            cnn_quality=decision.quality,
+            lattice_quality=None if lattice is None else lattice.quality,
+            lattice_strength=None if lattice is None else lattice.strength,
+            grid=(evidence.phase.dy, evidence.phase.dx),
+            grid_sure=evidence.phase.sure,
+            header_quality=evidence.header_quality,
+            recompressed=verdict.recompressed,
+            source=source,
+            table=table,
             **blocks,
         )
