@@ -62,7 +62,7 @@ class Table:
 
     columns = (
         "path", "quality", "confidence", "blocks_used", "blocks_sampled", "fallback", "method", "cnn_quality", "lattice_quality",
-        "lattice_strength", "grid", "grid_sure", "header_quality", "recompressed", "table", "seconds",
+        "lattice_strength", "grid", "grid_sure", "header_quality", "recompressed", "notes", "table", "heatmap", "seconds",
     )  # fmt: skip
 
     def __init__(self, style: str, stream=sys.stdout) -> None:
@@ -87,6 +87,7 @@ class Table:
                 *([f"grid at {tuple(row['grid'])}"] if row["grid_sure"] and any(row["grid"]) else []),
                 *([f"header says {row['header_quality']}"] if row["header_quality"] is not None else []),
                 *(["recompressed: coded again at a higher quality"] if row["recompressed"] else []),
+                *row["notes"],
             ]
             note = f"  ({'; '.join(notes)})" if notes else ""
             print(f"{row['quality']:>8.2f} {row['method']:>8} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
@@ -94,6 +95,16 @@ class Table:
                 steps = ["?" if step is None else str(step) for step in row["table"]]
                 for r in range(8):
                     print(" " * 10 + " ".join(f"{step:>3}" for step in steps[8 * r : 8 * r + 8]), file=self.stream)
+
+
+def heatmap_name(folder: Path, stem: str, taken: set[Path]) -> Path:
+    """`stem`_heatmap.png in `folder`, numbered -2, -3, ... when inputs share a stem (a.gif and a.png, x/p.png and y/p.png)."""
+    target, number = folder / f"{stem}_heatmap.png", 1
+    while target in taken:
+        number += 1
+        target = folder / f"{stem}_heatmap-{number}.png"
+    taken.add(target)
+    return target
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -113,28 +124,30 @@ def run_predict(args: argparse.Namespace) -> int:
     inputs = list(expand_inputs(args.paths))
     heatmaps = Path(args.heatmap) if args.heatmap else None
     heatmap_is_file = heatmaps is not None and heatmaps.suffix.lower() == ".png" and len(inputs) == 1
-    table, failures = Table(args.format), 0
+    table, failures, taken = Table(args.format), 0, set()
     for path, problem in tqdm(inputs, disable=not sys.stderr.isatty(), unit="image", file=sys.stderr):
         try:
             if problem:
                 raise ImageReadError(path, problem)
             start = time.perf_counter()
-            decoded = read_input(path)
+            decoded = read_input(path, predictor.max_pixels)
             [found] = predictor.gather([decoded], estimate_table=args.show_table)
             result = predictor.resolve(found, source=path, return_blocks=heatmaps is not None)
             pixels = decoded.pixels
             seconds = time.perf_counter() - start
+            extra = {}
             if heatmaps is not None:
-                target = heatmaps if heatmap_is_file else heatmaps / f"{Path(path).stem}_heatmap.png"
+                target = heatmaps if heatmap_is_file else heatmap_name(heatmaps, Path(path).stem, taken)
                 picture = heatmap_image(
                     pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
                 )
                 write_atomically(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+                extra = {"heatmap": str(target)}
         except (ImageReadError, ValueError, OSError) as error:
             fail(str(error) if isinstance(error, ImageReadError) else f"{path}: {error}")
             failures += 1
             continue
-        table.add(result.as_dict() | {"path": path, "seconds": round(seconds, 4)})
+        table.add(result.as_dict() | {"path": path, "seconds": round(seconds, 4)} | extra)
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
@@ -192,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     predict.add_argument("--heatmap", default=None, metavar="OUT", help="write block heat maps: a .png for one input, else a folder")
     add_method_argument(predict)
+    predict.add_argument("--max-pixels", type=positive_int, default=None, help="refuse images with more pixels (default 100 M)")
     predict.add_argument("--show-table", action="store_true", help="estimate and print the 64 luma quantiser steps from the pixels")
 
     evaluate = commands.add_parser("evaluate", help="the paper's protocol: code lossless images at every quality, predict")
@@ -238,6 +252,8 @@ def load_predictor(args: argparse.Namespace, blocks: int):
     from q1net.inference import Predictor
 
     options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
+    if getattr(args, "max_pixels", None):
+        options["max_pixels"] = args.max_pixels
     return Predictor.from_checkpoint(args.checkpoint, **options) if args.checkpoint else Predictor.from_pretrained(**options)
 
 
@@ -393,6 +409,9 @@ def run_data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \xNN escapes instead of crashing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["train"]:  # LightningCLI parses its own arguments
         from q1net.train import train
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MAX_PIXELS_DEFAULT = 200_000_000  # refuse larger images before decoding them
+MAX_PIXELS_DEFAULT = 100_000_000  # refuse larger images before decoding them (Pillow's own hard stop is 2 x 89.5 M)
 
 
 class ImageReadError(Exception):
@@ -58,6 +58,22 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 class Decoded:
     pixels: np.ndarray  # (H, W, 3) uint8
     jpeg_luma_table: np.ndarray | None = None  # (64,) natural order: a JPEG file's own luma quantisation table
+    notes: tuple[str, ...] = ()  # what the conversion did that a user should know (first frame only, alpha ignored, ...)
+
+
+def conversion_notes(image: Image.Image) -> tuple[str, ...]:
+    """The rules of `to_rgb_array` (and first-frame reading) that applied to `image`, in words."""
+    notes = []
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"animated: first of {frames} frames read")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append("16-bit samples mapped to 8 bits as round(v / 257)")
+    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
+        notes.append("transparency ignored")
+    if image.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    return tuple(notes)
 
 
 def jpeg_luma_table(image: Image.Image) -> np.ndarray | None:
@@ -74,14 +90,16 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT)
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
     """The pixels of the image at `path` (its first frame) and, for JPEG files, the header's luma table."""
     try:
+        if os.path.getsize(path) == 0:
+            raise ImageReadError(path, "empty file")
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels decides below
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageReadError(path, f"{width}x{height} is over the {max_pixels}-pixel limit")
                 image.load()
-                return Decoded(to_rgb_array(image), jpeg_luma_table(image))
+                return Decoded(to_rgb_array(image), jpeg_luma_table(image), conversion_notes(image))
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -92,7 +110,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAUL
         raise ImageReadError(path, "is a directory") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise ImageReadError(path, f"refused as a decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(path, f"cannot decode ({error})") from None

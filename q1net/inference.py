@@ -38,7 +38,7 @@ from PIL import Image
 
 from q1net.data.geometry import GEOMETRY, PatchGeometry
 from q1net.grid import GridPhase, detect_grid
-from q1net.images import Decoded, jpeg_luma_table, read_image, to_rgb_array
+from q1net.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
 from q1net.lattice import LatticeFit, fit_lattice, lattice_coefficients
 from q1net.models.q1net import Q1Network
 from q1net.quant_tables import ijg_equivalent_quality
@@ -114,6 +114,7 @@ class Evidence:
     confidence: np.ndarray | None  # (N,) and confidences (None for a plain regressor)
     lattice: LatticeFit | None  # None when not computed or too few usable blocks
     header_quality: int | None  # IJG-equivalent quality of a JPEG file's own luma table
+    notes: tuple[str, ...] = ()  # from reading the image (q1net.images.conversion_notes)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class Prediction:
     header_quality: int | None  # JPEG files: the header table's IJG-equivalent quality
     recompressed: bool  # the pixels show an earlier, lower quality than the lattice or header
     source: str | None = None  # the path, when the input was one
+    notes: tuple[str, ...] = ()  # what reading the image did that matters (first frame only, alpha ignored, ...)
     table: list[int | None] | None = None  # estimated luma steps (natural order, None = not pinned down), on request
     block_quality: np.ndarray | None = field(default=None, repr=False)  # (ny, nx) grid, with return_blocks
     block_confidence: np.ndarray | None = field(default=None, repr=False)
@@ -182,10 +184,11 @@ class Prediction:
             "grid_sure": self.grid_sure,
             "header_quality": self.header_quality,
             "recompressed": self.recompressed,
+            "notes": list(self.notes),
         } | ({} if self.table is None else {"table": self.table})
 
 
-def read_input(image: ImageInput) -> Decoded:
+def read_input(image: ImageInput, max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
     """Pixels (H, W, 3) uint8, and a JPEG's header table, from a path, a PIL image or an array (rules: q1net.images)."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
@@ -196,21 +199,27 @@ def read_input(image: ImageInput) -> Decoded:
                 return read_input(np.clip(np.round(image / 257.0), 0, 255).astype(np.uint8))
         raise ValueError(f"array of shape {image.shape} and dtype {image.dtype} is not an image (want HxW[x1|3|4], uint8 or uint16)")
     if isinstance(image, Image.Image):
-        return Decoded(to_rgb_array(image), jpeg_luma_table(image))
-    return read_image(image)
+        return Decoded(to_rgb_array(image), jpeg_luma_table(image), conversion_notes(image))
+    return read_image(image, max_pixels)
 
 
 class Predictor:
     """Q1Net's image-level answer: `Predictor.from_pretrained().predict("img.png").quality`."""
 
     def __init__(
-        self, net: Q1Network, tau: float = TAU_DEFAULT, blocks: int = BLOCKS_DEFAULT, device: str = "cpu", method: Method = "hybrid"
+        self,
+        net: Q1Network,
+        tau: float = TAU_DEFAULT,
+        blocks: int = BLOCKS_DEFAULT,
+        device: str = "cpu",
+        method: Method = "hybrid",
+        max_pixels: int = MAX_PIXELS_DEFAULT,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
         self.net = net.eval().to(self.device)
-        self.tau, self.blocks, self.method = tau, blocks, method
+        self.tau, self.blocks, self.method, self.max_pixels = tau, blocks, method, max_pixels
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_PRETRAINED, *, tau: float | None = None, **kwargs: object) -> Predictor:
@@ -230,7 +239,7 @@ class Predictor:
 
     def predict_batch(self, images: list[ImageInput], return_blocks: bool = False, show_table: bool = False) -> list[Prediction]:
         """Several images, their blocks scored in one forward pass. `show_table` estimates every luma step too."""
-        evidence = self.gather([read_input(image) for image in images], estimate_table=show_table)
+        evidence = self.gather([read_input(image, self.max_pixels) for image in images], estimate_table=show_table)
         return [
             self.resolve(found, source=os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else None, return_blocks=return_blocks)
             for image, found in zip(images, evidence, strict=True)
@@ -246,7 +255,8 @@ class Predictor:
         for image, phase, sample, a, b in zip(images, phases, samples, bounds[:-1], bounds[1:], strict=True):
             lattice = None if self.method == "cnn" else fit_lattice(lattice_coefficients(image.pixels, phase), estimate=estimate_table)
             header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
-            evidence.append(Evidence(phase, sample, quality[a:b], None if confidence is None else confidence[a:b], lattice, header))
+            found = Evidence(phase, sample, quality[a:b], None if confidence is None else confidence[a:b], lattice, header, image.notes)
+            evidence.append(found)
         return evidence
 
     def _sample(self, pixels: np.ndarray, phase: GridPhase) -> BlockSample:
@@ -295,6 +305,7 @@ class Predictor:
             header_quality=evidence.header_quality,
             recompressed=verdict.recompressed,
             source=source,
+            notes=evidence.notes,
             table=table,
             **blocks,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -46,12 +47,21 @@ def _check_geometry(path: str | os.PathLike[str], geometry: dict | None) -> None
         raise WeightsError(f"{os.fsdecode(path)}: trained for patch geometry {geometry}, this q1net uses {GEOMETRY.as_dict()}")
 
 
+def _check_version(path: str | os.PathLike[str], version: str | None) -> None:
+    if version is not None and version != __version__:
+        warnings.warn(f"{os.fsdecode(path)}: written by q1net {version}, this is q1net {__version__}", stacklevel=3)
+
+
 def _build(path: str | os.PathLike[str], config: dict, state_dict: dict[str, torch.Tensor]) -> Q1Network:
     try:
         net = Q1Network(Q1NetConfig(**config))
     except TypeError as error:
         raise WeightsError(f"{os.fsdecode(path)}: unknown network settings {config} ({error})") from None
-    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # shapes that differ: name the first few
+        sizes = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        raise WeightsError(f"{os.fsdecode(path)}: weights do not fit {config}: {'; '.join(sizes[:2])}") from None
     if missing or unexpected:
         raise WeightsError(f"{os.fsdecode(path)}: weights do not fit {config}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return net.eval()
@@ -80,6 +90,7 @@ def load_weights(path: str | os.PathLike[str]) -> LoadedNet:
         raise WeightsError(f"{os.fsdecode(path)}: safetensors file without q1net metadata")
     meta = json.loads(metadata["q1net"])
     _check_geometry(path, meta.get("geometry"))
+    _check_version(path, meta.get("q1net_version"))
     return LoadedNet(_build(path, meta["net"], state_dict), meta)
 
 
@@ -98,6 +109,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedNet:
         raise WeightsError(f"{os.fsdecode(path)}: not a q1net training checkpoint (no state_dict / q1net entry)")
     meta = dict(checkpoint["q1net"])
     _check_geometry(path, meta.get("geometry"))
+    _check_version(path, meta.get("version"))
     prefix = "net."
     state_dict = {name[len(prefix) :]: tensor for name, tensor in checkpoint["state_dict"].items() if name.startswith(prefix)}
     meta["global_step"] = checkpoint.get("global_step")
