@@ -18,6 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,9 @@ MAX_PIXELS_DEFAULT = 100_000_000  # refuse larger images before decoding them (P
 class ImageReadError(Exception):
     """An input that cannot be turned into pixels; the message names the file and the problem."""
 
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        super().__init__(f"{os.fsdecode(path)}: {problem}")
+    def __init__(self, path: str | os.PathLike[str] | BinaryIO, problem: str) -> None:
+        name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else "<image in memory>"
+        super().__init__(f"{name}: {problem}")
         self.path, self.problem = path, problem
 
 
@@ -87,10 +89,10 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT)
     return read_image(path, max_pixels).pixels
 
 
-def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
-    """The pixels of the image at `path` (its first frame) and, for JPEG files, the header's luma table."""
+def read_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
+    """The pixels of the image at `path` or in a binary file object (its first frame) and, for JPEG, the header's luma table."""
     try:
-        if os.path.getsize(path) == 0:
+        if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and os.path.getsize(path) == 0:
             raise ImageReadError(path, "empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels decides below

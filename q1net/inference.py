@@ -37,6 +37,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from q1net.data.geometry import GEOMETRY, PatchGeometry
+from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 from q1net.grid import GridPhase, detect_grid
 from q1net.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
 from q1net.lattice import LatticeFit, fit_lattice, lattice_coefficients
@@ -86,14 +87,19 @@ def decide(quality: np.ndarray, confidence: np.ndarray | None, tau: float = TAU_
     """The tau rule: median quality of blocks with confidence > tau (all blocks when there is no confidence)."""
     if confidence is None:
         kept = np.ones(len(quality), bool)
-        return Decision(float(np.median(quality)), len(quality), False, kept)
+        return Decision(on_scale(np.median(quality)), len(quality), False, kept)
     kept = confidence > tau
     fallback = not kept.any()
     if fallback:
         share = max(1, int(np.ceil(FALLBACK_SHARE * len(confidence))))
         kept = np.zeros(len(confidence), bool)
         kept[np.argsort(-confidence, kind="stable")[:share]] = True
-    return Decision(float(np.median(quality[kept])), int(kept.sum()), fallback, kept)
+    return Decision(on_scale(np.median(quality[kept])), int(kept.sum()), fallback, kept)
+
+
+def on_scale(quality: float) -> float:
+    """The IJG scale is 1..100; the sigmoid head can say 0.6 for a block coded at 1."""
+    return float(np.clip(quality, QUALITY_MIN, QUALITY_MAX))
 
 
 @torch.no_grad()
