@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from test_train_cli import ROOT, TINY, q1net_train
 
 FAST = [arg for arg in TINY if not arg.startswith(("--trainer.max_steps", "--trainer.val_check_interval"))]
