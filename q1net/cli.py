@@ -107,47 +107,87 @@ def heatmap_name(folder: Path, stem: str, taken: set[Path]) -> Path:
     return target
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None, show_table: bool) -> tuple[dict | None, str | None]:
+    """One input's row, or the one-line error naming it; never raises for a bad input."""
     from q1net.data.geometry import GEOMETRY
     from q1net.images import ImageReadError
     from q1net.inference import read_input
     from q1net.plots import heatmap_image
-    from q1net.weights import WeightsError
 
     try:
-        predictor = load_predictor(args, args.blocks)
+        if problem:
+            raise ImageReadError(path, problem)
+        start = time.perf_counter()
+        decoded = read_input(path, predictor.max_pixels)
+        [found] = predictor.gather([decoded], estimate_table=show_table)
+        result = predictor.resolve(found, source=path, return_blocks=heatmap is not None)
+        row = result.as_dict() | {"path": path, "seconds": round(time.perf_counter() - start, 4)}
+        if heatmap is not None:
+            picture = heatmap_image(
+                decoded.pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
+            )
+            write_atomically(heatmap, lambda tmp: picture.save(tmp, format="PNG"))
+            row["heatmap"] = str(heatmap)
+        return row, None
+    except (ImageReadError, ValueError, OSError) as error:
+        return None, str(error) if isinstance(error, ImageReadError) else f"{path}: {error}"
+
+
+WORKER: dict[str, object] = {}  # the predictor of a --workers process
+
+
+def start_worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # N processes x 1 thread: no oversubscription
+    WORKER["predictor"] = load_predictor(args, args.blocks)
+    WORKER["show_table"] = args.show_table
+
+
+def work(job: tuple[str, str | None, Path | None]) -> tuple[dict | None, str | None]:
+    return predict_file(WORKER["predictor"], *job, WORKER["show_table"])
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    from q1net.weights import WeightsError
+
+    inputs = list(expand_inputs(args.paths))
+    heatmaps = Path(args.heatmap) if args.heatmap else None
+    taken: set[Path] = set()
+    if heatmaps is None:
+        targets = [None] * len(inputs)
+    elif heatmaps.suffix.lower() == ".png" and len(inputs) == 1:
+        targets = [heatmaps]
+    else:
+        targets = [heatmap_name(heatmaps, Path(path).stem, taken) for path, _ in inputs]
+    jobs = [(path, problem, target) for (path, problem), target in zip(inputs, targets, strict=True)]
+    try:
+        predictor = load_predictor(args, args.blocks)  # also checks the weights before any worker starts
     except WeightsError as error:
         fail(str(error))
         return EXIT_USAGE
-    inputs = list(expand_inputs(args.paths))
-    heatmaps = Path(args.heatmap) if args.heatmap else None
-    heatmap_is_file = heatmaps is not None and heatmaps.suffix.lower() == ".png" and len(inputs) == 1
-    table, failures, taken = Table(args.format), 0, set()
-    for path, problem in tqdm(inputs, disable=not sys.stderr.isatty(), unit="image", file=sys.stderr):
-        try:
-            if problem:
-                raise ImageReadError(path, problem)
-            start = time.perf_counter()
-            decoded = read_input(path, predictor.max_pixels)
-            [found] = predictor.gather([decoded], estimate_table=args.show_table)
-            result = predictor.resolve(found, source=path, return_blocks=heatmaps is not None)
-            pixels = decoded.pixels
-            seconds = time.perf_counter() - start
-            extra = {}
-            if heatmaps is not None:
-                target = heatmaps if heatmap_is_file else heatmap_name(heatmaps, Path(path).stem, taken)
-                picture = heatmap_image(
-                    pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
-                )
-                write_atomically(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
-                extra = {"heatmap": str(target)}
-        except (ImageReadError, ValueError, OSError) as error:
-            fail(str(error) if isinstance(error, ImageReadError) else f"{path}: {error}")
-            failures += 1
-            continue
-        table.add(result.as_dict() | {"path": path, "seconds": round(seconds, 4)} | extra)
+    table, failures = Table(args.format), 0
+    if args.workers > 1:
+        methods = multiprocessing.get_all_start_methods()
+        pool = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn").Pool(args.workers, start_worker, (args,))
+        results = pool.imap(work, jobs)  # in input order
+    else:
+        pool, results = None, (predict_file(predictor, *job, args.show_table) for job in jobs)
+    try:
+        for row, error in tqdm(results, total=len(jobs), disable=not sys.stderr.isatty(), unit="image", file=sys.stderr):
+            if error is not None:
+                fail(error)
+                failures += 1
+            else:
+                table.add(row)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
@@ -165,6 +205,7 @@ def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompress", type=int, default=None, metavar="Q2", help="decode and code again at Q2 (truth: min(q, Q2))")
     parser.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_engine_argument(parser)
     parser.add_argument("--format", choices=("text", "json"), default="text", help="json: print the summary as JSON on stdout")
 
 
@@ -173,6 +214,14 @@ def add_method_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--method", choices=METHODS, default="hybrid", help="hybrid (default): lattice verifier with the CNN; cnn: the network alone"
+    )
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    from q1net.engines import ENGINES
+
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="auto", help="auto (default): ONNX Runtime on CPU, PyTorch on GPU; or force one"
     )
 
 
@@ -205,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     predict.add_argument("--heatmap", default=None, metavar="OUT", help="write block heat maps: a .png for one input, else a folder")
     add_method_argument(predict)
+    add_engine_argument(predict)
+    predict.add_argument("--workers", type=positive_int, default=1, help="processes predicting in parallel (default 1)")
     predict.add_argument("--max-pixels", type=positive_int, default=None, help="refuse images with more pixels (default 100 M)")
     predict.add_argument("--show-table", action="store_true", help="estimate and print the 64 luma quantiser steps from the pixels")
 
@@ -254,6 +305,8 @@ def load_predictor(args: argparse.Namespace, blocks: int):
     options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
     if getattr(args, "max_pixels", None):
         options["max_pixels"] = args.max_pixels
+    if getattr(args, "engine", None):
+        options["engine"] = args.engine
     return Predictor.from_checkpoint(args.checkpoint, **options) if args.checkpoint else Predictor.from_pretrained(**options)
 
 

@@ -38,6 +38,7 @@ from PIL import Image
 
 from q1net.data.geometry import GEOMETRY, PatchGeometry
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
+from q1net.engines import EngineName, make_engine
 from q1net.grid import GridPhase, detect_grid
 from q1net.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
 from q1net.lattice import LatticeFit, fit_lattice, lattice_coefficients
@@ -220,11 +221,13 @@ class Predictor:
         device: str = "cpu",
         method: Method = "hybrid",
         max_pixels: int = MAX_PIXELS_DEFAULT,
+        engine: EngineName = "auto",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
         self.net = net.eval().to(self.device)
+        self.engine = make_engine(self.net, engine, self.device)  # q1net.engines: ONNX Runtime on CPU unless told otherwise
         self.tau, self.blocks, self.method, self.max_pixels = tau, blocks, method, max_pixels
 
     @classmethod
@@ -255,7 +258,8 @@ class Predictor:
         """Per image: grid phase, CNN block scores (all images in one forward pass), lattice fit and header quality."""
         phases = [detect_grid(image.pixels) for image in images]
         samples = [self._sample(image.pixels, phase) for image, phase in zip(images, phases, strict=True)]
-        quality, confidence = score_patches(self.net, np.concatenate([s.patches for s in samples]), self.device)
+        quality, confidence = self.net.quality_confidence(self.engine(np.concatenate([s.patches for s in samples])))
+        quality, confidence = quality.numpy(), None if confidence is None else confidence.numpy()
         bounds = np.cumsum([0] + [len(s.patches) for s in samples])
         evidence = []
         for image, phase, sample, a, b in zip(images, phases, samples, bounds[:-1], bounds[1:], strict=True):

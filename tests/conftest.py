@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from q1net.data.sources import SyntheticSource
 
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach the network
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("Q1NET_CACHE", tempfile.mkdtemp(prefix="q1net-cache-"))  # ONNX exports of test nets stay out of ~/.cache
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,67 @@
+"""ONNX Runtime and PyTorch engines give the same answers; the ONNX file is cached; workers change nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from q1net import Predictor
+from q1net.data.jpeg import jpeg_roundtrip
+from q1net.engines import cache_dir, cached_onnx, make_engine
+from q1net.models.q1net import create_model
+from q1net.weights import load_weights, pretrained_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_weights(pretrained_path()).net
+
+
+def test_onnxruntime_equals_pytorch(net, photos):
+    patches = np.random.default_rng(0).integers(0, 256, (256, 3, 16, 16), np.uint8)
+    onnx, eager = make_engine(net, "onnxruntime"), make_engine(net, "torch")
+    assert (onnx.name, eager.name, make_engine(net).name) == ("onnxruntime", "torch", "onnxruntime")
+    assert (onnx(patches) - eager(patches)).abs().max().item() <= 1e-3  # 0..100 scale
+    images = [jpeg_roundtrip(photo, 45) for photo in photos]
+    by_onnx = Predictor(net, engine="onnxruntime", method="cnn").predict_batch(images)
+    by_torch = Predictor(net, engine="torch", method="cnn").predict_batch(images)
+    for a, b in zip(by_onnx, by_torch, strict=True):
+        assert abs(a.quality - b.quality) <= 1e-3 and a.blocks_used == b.blocks_used
+
+
+def test_onnx_file_is_cached_by_weights(net):
+    first = cached_onnx(net)
+    stamp = first.stat().st_mtime_ns
+    assert cached_onnx(net) == first and first.stat().st_mtime_ns == stamp  # not exported again
+    assert first.parent.parent == cache_dir()
+    torch.manual_seed(0)
+    other = create_model("q1net_baseline", k=4)
+    assert cached_onnx(other) != first
+    assert not [p for p in first.parent.iterdir() if p.name.startswith("tmp")]  # no leftovers of the atomic write
+
+
+def test_engine_names_are_checked(net):
+    with pytest.raises(ValueError, match="engine must be one of"):
+        make_engine(net, "tensorrt")
+
+
+def test_workers_give_the_same_rows(tmp_path, photos):
+    from PIL import Image
+
+    for i, photo in enumerate(photos):
+        Image.fromarray(jpeg_roundtrip(photo, 30 + 20 * i)).save(tmp_path / f"{i}.png")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    rows = []
+    for workers in ("1", "2"):
+        command = [sys.executable, "-m", "q1net.cli", "predict", str(tmp_path), "--format", "json", "--workers", workers]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr
+        rows.append([{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in result.stdout.splitlines()])
+    assert rows[0] == rows[1] and [row["quality"] for row in rows[0]] == [30, 50, 70, 90]
