@@ -10,7 +10,7 @@ ARGS ?=
 
 DATA_ARGS := $(if $(DATA),--data configs/data/folder.yaml --data.train_source.init_args.root=$(DATA) --data.val_source.init_args.root=$(VAL))
 
-.PHONY: help setup train test test-full fuzz export lint clean
+.PHONY: help setup train test test-full fuzz bench export lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,9 @@ test-full: $(STAMP)  ## every test, the slow ones too
 
 fuzz: $(STAMP)  ## the long fuzz run: 10,000 mutated PNG/JPEG files through the loader and the predictor
 	Q1NET_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q tests/test_fuzz.py
+
+bench: $(STAMP)  ## measure latency, throughput, training speed and memory here: bench/results.{json,md}
+	$(BIN)/q1net bench --out bench
 
 export: $(STAMP)  ## export the shipped weights to exports/: ONNX, XNNPACK .pte, Vulkan .pte (fp32, fp16), with parity table
 	$(BIN)/q1net export --all --out exports $(ARGS)

@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--blocks", type=positive_int, default=16, help="blocks per side of the Vulkan mosaic (default 16)")
     export.add_argument("--images", default=None, help="folder of lossless images for the parity check (default: built-in synthetic)")
 
+    bench = commands.add_parser("bench", help="measure latency, throughput, training speed and memory; write OUT/results.{json,md}")
+    bench.add_argument("--out", default="bench", help="output folder (default bench/)")
+    bench.add_argument("--workers", type=positive_int, default=None, help="worker processes to compare with 1 (default: every core)")
+
     pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
     pack.add_argument("checkpoint", help="a training .ckpt")
     pack.add_argument("out", help="the .safetensors file to write")
@@ -460,6 +464,14 @@ def run_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from q1net.bench import markdown
+    from q1net.bench import run_bench as bench
+
+    print(markdown(bench(Path(args.out), args.workers)), end="")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \xNN escapes instead of crashing
@@ -476,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "tune-tau": run_tune_tau,
         "export": run_export,
         "pack": run_pack,
+        "bench": run_bench,
         "data": run_data,
     }
     return commands[args.command](args)

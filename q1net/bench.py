@@ -1,0 +1,306 @@
+"""`q1net bench`: what q1net costs on this machine, measured, in one table.
+
+Sections (each in its own fresh process, so its peak memory is its own):
+- latency: per image of 0.5, 2 and 12 MP, PNG and JPEG files: decode, grid
+  detection, block sampling, network (PyTorch eager, ONNX Runtime, ExecuTorch
+  XNNPACK), post-processing and the lattice verifier, at 16 x 16 blocks;
+- blocks: Table 4's sweep (4..24 blocks per side) on the 2 MP image;
+- throughput: `q1net predict` on a folder, 1 and N worker processes;
+- training: patches/s of the DataModule (one worker in process, and N
+  DataLoader workers) against the training step's patches/s.
+Timings are medians of repeats after a warm-up. Results go to OUT/results.json
+and OUT/results.md (machine, versions and date in both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {"0.5MP": (816, 612), "2MP": (1632, 1224), "12MP": (4000, 3000)}
+BLOCK_SWEEP = (4, 8, 12, 16, 20, 24)
+JPEG_QUALITY = 75
+FOLDER_IMAGES = 12  # 2 MP PNGs for the throughput section
+TRAIN_BATCH = 512
+ENGINES = ("torch", "onnxruntime", "executorch-xnnpack")
+
+
+def timed(function, repeats: int = 5) -> float:
+    """Median seconds of `function()` over `repeats` calls after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def photo(width: int, height: int) -> np.ndarray:
+    """A photo-like test picture: dead leaves scaled up, with fresh grain at the final size, JPEG-coded once."""
+    from PIL import Image
+
+    from q1net.data.jpeg import jpeg_roundtrip
+    from q1net.data.sources import SyntheticSource
+
+    base = Image.fromarray(SyntheticSource(count=1, size=768, seed=42).load(0)).resize((width, height), Image.BICUBIC)
+    grain = np.random.default_rng(0).normal(0, 2.5, (height, width, 3))
+    return jpeg_roundtrip(np.clip(np.asarray(base) + grain, 0, 255).astype(np.uint8), JPEG_QUALITY)
+
+
+def write_files(folder: Path, name: str, pixels: np.ndarray) -> dict[str, Path]:
+    from PIL import Image
+
+    paths = {"png": folder / f"{name}.png", "jpeg": folder / f"{name}.jpg"}
+    Image.fromarray(pixels).save(paths["png"])
+    Image.fromarray(pixels).save(paths["jpeg"], quality=JPEG_QUALITY)
+    return paths
+
+
+def engines(net, scratch: Path) -> dict[str, object]:
+    """Callables (N, 3, P, P) uint8 -> outputs for every engine this machine has."""
+    import torch
+
+    from q1net.engines import make_engine
+    from q1net.export.formats import export_pte
+    from q1net.export.parity import pte_runner
+
+    runners = {"torch": make_engine(net, "torch"), "onnxruntime": make_engine(net, "onnxruntime")}
+    pte = pte_runner(export_pte(net, scratch / "net.pte", "xnnpack"))
+    runners["executorch-xnnpack"] = lambda patches: pte(torch.from_numpy(patches).float())
+    return runners
+
+
+def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> dict[str, float]:
+    """Seconds of every stage after decoding, for one decoded image."""
+    from q1net.grid import detect_grid
+    from q1net.inference import combine, decide
+    from q1net.lattice import fit_lattice, lattice_coefficients
+
+    phase = detect_grid(pixels)
+    patches = predictor._sample(pixels, phase).patches
+    quality, confidence = (t.numpy() for t in predictor.net.quality_confidence(runners["torch"](patches)))
+    return {
+        "grid": timed(lambda: detect_grid(pixels), repeats),
+        "sampling": timed(lambda: predictor._sample(pixels, phase), repeats),
+        **{f"network_{name}": timed(lambda run=run: run(patches), repeats) for name, run in runners.items()},
+        "post": timed(lambda: combine(decide(quality, confidence, predictor.tau).quality, None, None), repeats),
+        "lattice": timed(lambda: fit_lattice(lattice_coefficients(pixels, phase)), repeats),
+    }
+
+
+def block_sweep(predictor, runners: dict, pixels: np.ndarray) -> list[dict]:
+    """Sampling and network seconds for each of Table 4's block counts."""
+    from q1net.grid import detect_grid
+
+    phase, rows = detect_grid(pixels), []
+    for blocks in BLOCK_SWEEP:
+        predictor.blocks = blocks
+        patches = predictor._sample(pixels, phase).patches
+        row = {"blocks": blocks, "patches": len(patches), "sampling": timed(lambda: predictor._sample(pixels, phase))}
+        rows.append(row | {f"network_{name}": timed(lambda run=run, patches=patches: run(patches)) for name, run in runners.items()})
+    return rows
+
+
+def latency_section(scratch: str) -> dict:
+    """Per-stage seconds for each image size and file type, and the block sweep on 2 MP."""
+    from q1net.images import read_image
+    from q1net.inference import Predictor
+
+    predictor = Predictor.from_pretrained(engine="torch")
+    runners = engines(predictor.net, Path(scratch))
+    rows, sweep = [], []
+    for size, (width, height) in SIZES.items():
+        files = write_files(Path(scratch), size, photo(width, height))
+        pixels = read_image(files["png"]).pixels
+        repeats = 3 if size == "12MP" else 5
+        stages = stage_times(predictor, runners, pixels, repeats)
+        for kind, path in files.items():
+            decode = timed(lambda path=path: read_image(path), repeats)
+            rows.append({"size": size, "pixels": width * height, "file": kind, "decode": decode, **stages})
+        if size == "2MP":
+            sweep = block_sweep(Predictor.from_pretrained(engine="torch"), runners, pixels)
+    return {"latency": rows, "blocks": sweep, "peak_mb": peak_mb()}
+
+
+def throughput_section(scratch: str, workers: int) -> dict:
+    """Images/s of `q1net predict` on a folder of 2 MP PNGs, as a user runs it (process start included)."""
+    from PIL import Image
+
+    folder = Path(scratch) / "folder"
+    folder.mkdir()
+    base = photo(*SIZES["2MP"])
+    for i in range(FOLDER_IMAGES):
+        Image.fromarray(np.roll(base, 8 * i, axis=1)).save(folder / f"{i:02d}.png")
+    rows = []
+    for count in sorted({1, workers}):
+        command = [sys.executable, "-m", "q1net.cli", "predict", str(folder), "--format", "json", "--workers", str(count)]
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - start
+        seconds = [json.loads(line)["seconds"] for line in result.stdout.splitlines()]
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        rows.append({"workers": count, "images": len(seconds), "wall_s": wall, "images_per_s": len(seconds) / wall, "peak_mb": usage})
+    return {"throughput": rows}
+
+
+def training_section(workers: int) -> dict:
+    """Patches/s of the data pipeline (1 stream in process; `workers` DataLoader processes) and of the train step."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from q1net.data.datamodule import PatchStream
+    from q1net.data.patches import PatchSampler
+    from q1net.data.sources import SyntheticSource
+    from q1net.models.modules import Q1Net
+
+    images = [SyntheticSource(count=16, size=256, seed=0).load(i) for i in range(16)]
+    stream = PatchStream(images, PatchSampler(), TRAIN_BATCH, seed=0, rank=0, world_size=1, offset=0)
+    batches = iter(stream)
+    one_stream = TRAIN_BATCH / timed(lambda: next(batches), 5)
+    loader = iter(DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=True))
+    next(loader)  # workers started
+    count, start = 0, time.perf_counter()
+    while count < 4 * workers:
+        next(loader)
+        count += 1
+    all_workers = count * TRAIN_BATCH / (time.perf_counter() - start)
+    module = Q1Net(k=8)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    patches, qualities = next(iter(stream))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        module.loss(module(patches), qualities.float()).backward()
+        optimizer.step()
+
+    train = TRAIN_BATCH / timed(step, 5)
+    return {
+        "training": {"data_one_stream": one_stream, "data_workers": workers, "data_all_workers": all_workers, "train_step": train},
+        "peak_mb": peak_mb(),
+    }
+
+
+def in_fresh_process(function, *args) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def machine() -> dict:
+    from importlib.metadata import version
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in ("q1net", "torch", "onnxruntime", "executorch", "pillow", "numpy")},
+    }
+
+
+def ratios(results: dict) -> dict:
+    """The four ratios issue #6 sets targets for, from the 2 MP PNG row at 256 blocks."""
+    row = next(r for r in results["latency"] if r["size"] == "2MP" and r["file"] == "png")
+    network = min(row[f"network_{name}"] for name in ENGINES)
+    overhead = row["grid"] + row["sampling"] + network + row["post"] + row["lattice"]
+    sweep = next(r for r in results["blocks"] if r["blocks"] == 16)
+    training = results["training"]
+    return {
+        "predict_overhead_over_decode": overhead / row["decode"],
+        "dataloader_over_train_step": training["data_all_workers"] / training["train_step"],
+        "onnxruntime_speedup_over_eager": sweep["network_torch"] / sweep["network_onnxruntime"],
+        "verifier_over_network": (row["grid"] + row["lattice"]) / network,
+    }
+
+
+def markdown(results: dict) -> str:
+    m, ms = results["machine"], 1000.0
+    lines = [
+        f"q1net bench, {m['date']}: {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        "Per image, 16x16 blocks (ms): decode | grid | sampling | network torch / onnxruntime / xnnpack | post | lattice",
+        "",
+        "| image | file | decode | grid | sampling | torch | onnxruntime | xnnpack | post | lattice |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["latency"]:
+        cells = [r["decode"], r["grid"], r["sampling"], *(r[f"network_{e}"] for e in ENGINES), r["post"], r["lattice"]]
+        lines.append(f"| {r['size']} | {r['file']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
+    lines += [
+        "",
+        "Blocks per side on the 2 MP image (ms; the paper's Table 4):",
+        "",
+        "| blocks | patches | sampling | torch | onnxruntime | xnnpack |",
+    ]
+    lines.append("|---:|---:|---:|---:|---:|---:|")
+    for r in results["blocks"]:
+        cells = [r["sampling"], *(r[f"network_{e}"] for e in ENGINES)]
+        lines.append(f"| {r['blocks']} | {r['patches']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
+    lines += [
+        "",
+        "`q1net predict` on a folder of 2 MP PNGs (process start included):",
+        "",
+        "| workers | images | wall s | images/s | peak MB |",
+    ]
+    lines.append("|---:|---:|---:|---:|---:|")
+    for r in results["throughput"]:
+        lines.append(f"| {r['workers']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |")
+    t = results["training"]
+    lines += [
+        "",
+        f"Training (patches/s, batch {TRAIN_BATCH}): data, one stream {t['data_one_stream']:.0f}; data, {t['data_workers']} workers "
+        f"{t['data_all_workers']:.0f}; train step (eager) {t['train_step']:.0f}.",
+        f"Peak memory (MB): latency section {results['peak_mb']['latency']:.0f}, training section {results['peak_mb']['training']:.0f}.",
+        "",
+        "| ratio | value | target |",
+        "|---|---:|---:|",
+    ]
+    targets = {
+        "predict_overhead_over_decode": "<= 0.5",
+        "dataloader_over_train_step": ">= 3",
+        "onnxruntime_speedup_over_eager": ">= 1.5",
+        "verifier_over_network": "<= 1",
+    }
+    lines += [f"| {name} | {value:.2f} | {targets[name]} |" for name, value in results["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(out: Path, workers: int | None = None) -> dict:
+    """All sections; writes OUT/results.json and OUT/results.md and returns the results."""
+    workers = workers or os.cpu_count() or 1
+    results: dict = {"machine": machine(), "peak_mb": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        latency = in_fresh_process(latency_section, scratch)
+        results |= {"latency": latency["latency"], "blocks": latency["blocks"]}
+        results["peak_mb"]["latency"] = latency["peak_mb"]
+        results |= in_fresh_process(throughput_section, scratch, workers)
+    training = in_fresh_process(training_section, workers)
+    results["training"], results["peak_mb"]["training"] = training["training"], training["peak_mb"]
+    results["ratios"] = ratios(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    return results

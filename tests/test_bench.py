@@ -1,0 +1,40 @@
+"""The benchmark's pieces run and its report is complete; no timing is asserted (that is what `make bench` is for)."""
+
+import numpy as np
+
+from q1net.bench import ENGINES, markdown, ratios, stage_times, timed
+from q1net.engines import make_engine
+from q1net.inference import Predictor
+
+
+def test_stage_times_cover_every_stage(photo):
+    predictor = Predictor.from_pretrained(engine="torch", blocks=4)
+    runners = {"torch": make_engine(predictor.net, "torch")}
+    stages = stage_times(predictor, runners, photo, repeats=1)
+    assert set(stages) == {"grid", "sampling", "network_torch", "post", "lattice"}
+    assert all(np.isfinite(v) and v >= 0 for v in stages.values())
+    assert timed(lambda: None, 2) >= 0
+
+
+def fake_results() -> dict:
+    stage = {"decode": 0.02, "grid": 0.001, "sampling": 0.001, "post": 0.0001, "lattice": 0.004} | {f"network_{e}": 0.01 for e in ENGINES}
+    latency = [{"size": s, "pixels": 1, "file": f} | stage for s in ("0.5MP", "2MP", "12MP") for f in ("png", "jpeg")]
+    blocks = [{"blocks": b, "patches": b * b, "sampling": 0.001} | {f"network_{e}": 0.01 * b for e in ENGINES} for b in (4, 16)]
+    return {
+        "machine": {"date": "2026-11-25", "cpu": "test cpu", "cores": 2, "python": "3.11", "versions": {"torch": "x"}},
+        "latency": latency,
+        "blocks": blocks,
+        "throughput": [{"workers": 1, "images": 12, "wall_s": 6.0, "images_per_s": 2.0, "peak_mb": 900.0}],
+        "training": {"data_one_stream": 3000.0, "data_workers": 2, "data_all_workers": 6000.0, "train_step": 1500.0},
+        "peak_mb": {"latency": 800.0, "training": 700.0},
+    }
+
+
+def test_ratios_and_table():
+    results = fake_results()
+    results["ratios"] = ratios(results)
+    assert results["ratios"]["dataloader_over_train_step"] == 4.0
+    assert results["ratios"]["onnxruntime_speedup_over_eager"] == 1.0
+    table = markdown(results)
+    assert "test cpu, 2 cores" in table and "| 12MP | jpeg |" in table and "| 16 | 256 |" in table
+    assert table.count("| predict_overhead_over_decode |") == 1
