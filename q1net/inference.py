@@ -11,7 +11,10 @@ Steps, each measured once per image into an `Evidence`:
   resized, filtered, tiny) leaves the CNN's answer. When the CNN sees a clearly
   lower quality than the lattice or the header (more than AGREE_LEVELS), the
   image was coded again at a higher quality: the CNN's lower answer stands and
-  `recompressed` is set.
+  `recompressed` is set. When no single IJG table fits (another encoder's
+  tables, or a JPEG coded again at a higher quality, whose coefficients mix two
+  lattices and read as an in-between quality) the lower of the two answers
+  stands: the first, stronger compression is what the CNN sees.
 - "cnn": the CNN alone (what the mobile exports compute); "lattice": the lattice alone.
 
 The published rule (REFERENCE.md): n x n blocks spread uniformly on the 8x8
@@ -138,7 +141,8 @@ def combine(cnn_quality: float, lattice: LatticeFit | None, header_quality: int 
     strong = lattice is not None and lattice.strong
     lattice_quality = min(lattice.plausible, key=lambda q: abs(q - cnn_quality)) if strong else None
     seen_again = lattice_quality is not None and cnn_quality < lattice_quality - AGREE_LEVELS
-    if method == "cnn" or lattice_quality is None or seen_again:
+    mixed = lattice_quality is not None and not lattice.ijg and cnn_quality < lattice_quality  # see the module docstring
+    if method == "cnn" or lattice_quality is None or seen_again or mixed:
         quality, decided_by = cnn_quality, "cnn"
     else:
         quality, decided_by = float(lattice_quality), "lattice"

@@ -1,6 +1,7 @@
 """Grid-phase detection, the DCT-lattice fit, header tables and the hybrid rule, on images made here."""
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -106,6 +107,8 @@ def test_hybrid_rule():
     low = 90 - AGREE_LEVELS - 5
     assert combine(low, fit(90), None) == Verdict(low, "cnn", True)  # pixels show an earlier, lower quality
     assert combine(30.0, fit(30), 95) == Verdict(30.0, "lattice", True)  # header 95, pixels 30
+    mixed = replace(fit(46), ijg=False)  # two lattices mixed (30 then 90) read as 46
+    assert combine(40.0, mixed, None) == Verdict(40.0, "cnn", False) and combine(47.0, mixed, None).quality == 46
     assert combine(41.3, fit(40), None, "cnn") == Verdict(41.3, "cnn", False)
     assert combine(70.0, fit(40), None, "lattice") == Verdict(40.0, "lattice", False)
 
