@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +99,59 @@ def export_onnx(net: Q1Network, out: str | os.PathLike[str], tau: float | None =
     return out
 
 
+@dataclass
+class LoweredProgram:
+    """One torch.export + ExecuTorch lowering, shared by the .pte, the bundled .bpte and the portable parity run."""
+
+    exported: torch.export.ExportedProgram  # before lowering: the graph the portable runtime can run
+    manager: object  # executorch.exir.ExecutorchProgramManager
+    layout: dict
+    structure: dict  # backend, fp16, delegate ids and operators left outside them
+
+
+def lower(net: Q1Network, backend: Backend = "xnnpack", fp16: bool = False, blocks: int = 16) -> LoweredProgram:
+    """The ExecuTorch program: batched for XNNPACK/portable, the batch-1 mosaic for Vulkan."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    net = net.eval()
+    if backend == "vulkan":
+        from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+        module, side = MosaicQ1Net(net, blocks).eval(), blocks * GEOMETRY.patch
+        exported = torch.export.export(module, (torch.rand(1, 3, side, side) * 255,))
+        partitioners = [VulkanPartitioner({"force_fp16": True} if fp16 else {})]
+        layout = mosaic_layout(blocks, GEOMETRY.patch)
+    else:
+        if fp16:
+            raise ValueError("fp16 is offered for the Vulkan backend only")
+        example = torch.rand(EXAMPLE_BATCH, 3, GEOMETRY.patch, GEOMETRY.patch) * 255
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        exported = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
+        if backend == "xnnpack":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+            partitioners = [XnnpackPartitioner()]
+        else:
+            partitioners = []
+        layout = batched_layout(GEOMETRY.patch)
+    manager = to_edge_transform_and_lower(exported, partitioner=partitioners).to_executorch()
+    plan = manager.executorch_program.execution_plan[0]
+    structure = {
+        "backend": backend,
+        "fp16": fp16,
+        "delegates": [d.id for d in plan.delegates],
+        "operators": [o.name for o in plan.operators],
+    }
+    return LoweredProgram(exported, manager, layout, structure)
+
+
+def write_pte(net: Q1Network, program: LoweredProgram, out: str | os.PathLike[str], tau: float | None = None) -> Path:
+    out = Path(out)
+    out.write_bytes(program.manager.buffer)
+    write_metadata(out, metadata(net, tau, program.layout, {"program": program.structure}))
+    return out
+
+
 def export_pte(
     net: Q1Network,
     out: str | os.PathLike[str],
@@ -106,39 +160,5 @@ def export_pte(
     tau: float | None = None,
     blocks: int = 16,
 ) -> Path:
-    """An ExecuTorch program: batched for XNNPACK/portable, the batch-1 mosaic for Vulkan."""
-    from executorch.exir import to_edge_transform_and_lower
-
-    out = Path(out)
-    net = net.eval()
-    if backend == "vulkan":
-        from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
-
-        module, side = MosaicQ1Net(net, blocks).eval(), blocks * GEOMETRY.patch
-        program = torch.export.export(module, (torch.rand(1, 3, side, side) * 255,))
-        partitioners = [VulkanPartitioner({"force_fp16": True} if fp16 else {})]
-        layout = mosaic_layout(blocks, GEOMETRY.patch)
-    else:
-        if fp16:
-            raise ValueError("fp16 is offered for the Vulkan backend only")
-        example = torch.rand(EXAMPLE_BATCH, 3, GEOMETRY.patch, GEOMETRY.patch) * 255
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-        program = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
-        if backend == "xnnpack":
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-            partitioners = [XnnpackPartitioner()]
-        else:
-            partitioners = []
-        layout = batched_layout(GEOMETRY.patch)
-    lowered = to_edge_transform_and_lower(program, partitioner=partitioners).to_executorch()
-    out.write_bytes(lowered.buffer)
-    plan = lowered.executorch_program.execution_plan[0]
-    structure = {
-        "backend": backend,
-        "fp16": fp16,
-        "delegates": [d.id for d in plan.delegates],
-        "operators": [o.name for o in plan.operators],
-    }
-    write_metadata(out, metadata(net, tau, layout, {"program": structure}))
-    return out
+    """Lower (see `lower`) and write the .pte with its metadata JSON."""
+    return write_pte(net, lower(net, backend, fp16, blocks), out, tau)

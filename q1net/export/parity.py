@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import jpeg_roundtrip
-from q1net.export.mosaic import MosaicQ1Net, from_mosaic, to_mosaic
+from q1net.export.mosaic import from_mosaic, to_mosaic
 from q1net.inference import decide, sample_blocks
 from q1net.models.q1net import QUALITY_SCALE, Q1Network
 
@@ -97,28 +96,20 @@ def mosaic_runner(module, blocks: int):
     return run
 
 
-def portable_mosaic_program(net: Q1Network, blocks: int, path: Path) -> Path:
-    """The Vulkan export's mosaic graph lowered with no delegate, runnable by the pip runtime."""
+def portable_program(exported: torch.export.ExportedProgram, path: Path) -> Path:
+    """An exported graph (the Vulkan export's mosaic) lowered with no delegate, runnable by the pip runtime."""
     from executorch.exir import to_edge_transform_and_lower
 
-    side = blocks * GEOMETRY.patch
-    program = torch.export.export(MosaicQ1Net(net, blocks).eval(), (torch.rand(1, 3, side, side) * 255,))
-    path.write_bytes(to_edge_transform_and_lower(program).to_executorch().buffer)
+    path.write_bytes(to_edge_transform_and_lower(exported).to_executorch().buffer)
     return path
 
 
-def write_bundled_program(net: Q1Network, blocks: int, batches: list[torch.Tensor], path: Path, fp16: bool) -> Path:
-    """A .bpte: the Vulkan program plus test inputs and the PyTorch outputs, to rerun parity on a device."""
-    from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+def write_bundled_program(manager, module: torch.nn.Module, blocks: int, batches: list[torch.Tensor], path: Path) -> Path:
+    """A .bpte: the lowered program (`manager`) plus test inputs and `module`'s outputs, to rerun parity on a device."""
     from executorch.devtools import BundledProgram
     from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
     from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
-    from executorch.exir import to_edge_transform_and_lower
 
-    module = MosaicQ1Net(net, blocks).eval()
-    side = blocks * GEOMETRY.patch
-    program = torch.export.export(module, (torch.rand(1, 3, side, side) * 255,))
-    manager = to_edge_transform_and_lower(program, partitioner=[VulkanPartitioner({"force_fp16": True} if fp16 else {})]).to_executorch()
     cases = []
     with torch.no_grad():
         for batch in batches[:3]:

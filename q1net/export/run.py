@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from q1net.export.formats import export_onnx, export_pte, write_metadata
+from q1net.export.formats import export_onnx, export_pte, lower, write_metadata, write_pte
 from q1net.export.mosaic import MosaicQ1Net
 from q1net.export.parity import (
     FP16_ATOL,
@@ -22,7 +22,7 @@ from q1net.export.parity import (
     mosaic_runner,
     onnx_runner,
     parity_images,
-    portable_mosaic_program,
+    portable_program,
     pte_runner,
     write_bundled_program,
 )
@@ -75,15 +75,17 @@ def export_target(net: Q1Network, target: Target, out_dir: Path, tau: float, ima
         report = compare(net, f"executorch {target.backend}", run, batches, tau, FP32_ATOL)
         ms = _median_ms(run, batches[0])
     else:
-        export_pte(net, path, "vulkan", target.fp16, tau, blocks)
-        eager = compare(net, "mosaic (PyTorch)", mosaic_runner(MosaicQ1Net(net, blocks).eval(), blocks), batches, tau, FP32_ATOL)
-        portable = portable_mosaic_program(net, blocks, out_dir / f".{target.name}.portable.pte")
+        program = lower(net, "vulkan", target.fp16, blocks)  # once: the .pte, the .bpte and the portable check share it
+        write_pte(net, program, path, tau)
+        mosaic = MosaicQ1Net(net, blocks).eval()
+        eager = compare(net, "mosaic (PyTorch)", mosaic_runner(mosaic, blocks), batches, tau, FP32_ATOL)
+        portable = portable_program(program.exported, out_dir / f".{target.name}.portable.pte")
         graph = compare(net, "mosaic graph (executorch portable)", mosaic_runner(pte_runner(portable), blocks), batches[:1], tau, FP32_ATOL)
         portable.unlink()
         report = eager
         report.runtime = f"{eager.runtime} + {graph.runtime}"
         report.max_abs_diff = max(eager.max_abs_diff, graph.max_abs_diff)
-        bundled = write_bundled_program(net, blocks, batches, path.with_suffix(".bpte"), target.fp16)
+        bundled = write_bundled_program(program.manager, mosaic, blocks, batches, path.with_suffix(".bpte"))
         notes.append(f"Vulkan kernels not run here (the pip runtime has no Vulkan backend): rerun {bundled.name} on a device")
         if target.fp16:
             notes.append(f"fp16 tolerance on a device: {FP16_ATOL}")
