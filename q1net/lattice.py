@@ -1,7 +1,7 @@
 """The DCT-lattice verifier: which IJG quantisation table explains a decoded JPEG's luma coefficients.
 
 On the coding grid, a decoded JPEG's luma coefficient at frequency f is
-s_f * k plus rounding noise (std `SIGMA`), where s_f is the quantiser step.
+s_f * k plus rounding noise (std `SIGMA`; `SIGMA_DC` for DC), where s_f is the quantiser step.
 For a candidate step s the likelihood of a coefficient c is
 
     p(c | s) = (1 - eps) * sum_k P(k | s) N(c - s k; SIGMA) + eps * p0(c)
@@ -31,7 +31,11 @@ from q1net.dct import block_coefficients, block_grid, luma_plane, unclipped
 from q1net.grid import GridPhase
 from q1net.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, ijg_equivalent_quality
 
-SIGMA = 0.3  # std of a luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
+SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
+# DC: in a flat block all 64 pixels round the same way, so the DC coefficient (8 x the mean) can be
+# off its lattice point by up to 8 x 0.5; the worst case's std, 8 / sqrt(12), keeps flat images
+# (quality 1-2, where every AC coefficient is zero) from reading as another table by chance.
+SIGMA_DC = 8 / math.sqrt(12)
 OUTLIER_SHARE = 0.05  # eps: coefficients off the lattice (noise, clipping we missed)
 DC_RANGE = 2048.0  # DC coefficients of 8-bit samples span [-1024, 1024)
 SCALE_FLOOR = 0.1  # smallest Laplacian scale of a frequency (all-zero frequencies)
@@ -39,9 +43,10 @@ LATTICE_BLOCKS = 256  # unclipped blocks the fit reads, spread over the image
 MIN_BLOCKS = 4  # fewer unclipped blocks: no lattice evidence at all
 TIE_NATS = 5.0  # tables this close to the best log-likelihood are plausible too
 STRENGTH_MIN = 0.5  # nats per block over "no lattice" from which the evidence is strong (see q1net.inference)
-NEIGHBOUR_STEP = 2  # steps from which only the nearest lattice point counts (2 > 6 SIGMA)
+REACH = 6.0  # lattice points further than this many noise stds from a coefficient add nothing
 MISFIT_MAX = 8.0  # nats per block: IJG-coded images stay below 3 on val, other encoders' tables start near 20
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a non-zero level
+DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,8 @@ def _log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return log_p0
 
 
-def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, is_dc: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
-    """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s)."""
+def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, is_dc: torch.Tensor, shifts: range) -> torch.Tensor:
+    """log sum_k P(k | s) N(c - s k; sigma) over the lattice points `shifts` away from round(c / s)."""
     nearest = torch.round(c / steps)
     ratio = steps / scale
     log_zero_bin = torch.log(-torch.expm1(-ratio / 2))
@@ -102,9 +107,10 @@ def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, is_d
         level = nearest + shift
         size = level.abs()
         log_mass = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
-        log_gauss = -0.5 * ((c - steps * level) / SIGMA) ** 2 - math.log(SIGMA * math.sqrt(2 * math.pi))
+        sigma = torch.where(is_dc, SIGMA_DC, SIGMA)
+        log_gauss = -0.5 * ((c - steps * level) / sigma) ** 2 - torch.log(sigma * math.sqrt(2 * math.pi))
         terms.append(torch.where(is_dc, log_dc_bin, log_mass) + log_gauss)
-    return torch.stack(terms).logsumexp(dim=0) if len(terms) > 1 else terms[0]
+    return torch.stack(terms).logsumexp(dim=0)
 
 
 def _step_log_likelihood(
@@ -112,13 +118,15 @@ def _step_log_likelihood(
 ) -> torch.Tensor:
     """Sum over blocks of log p(c | s) for columns of `c` (N, P) paired with `steps` (P,).
 
-    Steps below NEIGHBOUR_STEP take the neighbouring lattice points too; further
-    out they are more than 6 SIGMA away and add nothing.
+    Each coefficient takes the lattice points within REACH noise stds: only the
+    nearest one for AC steps of 4 and up, a few for smaller AC steps, more for small DC steps.
     """
     log_lattice = torch.empty_like(c)
-    fine = steps < NEIGHBOUR_STEP
-    for part, shifts in ((fine, (-1, 0, 1)), (~fine, (0,))):
-        log_lattice[:, part] = _log_lattice(c[:, part], steps[part], scale[part], is_dc[part], shifts)
+    fine = steps < 2 * REACH * SIGMA  # a second lattice point can be within REACH stds
+    for part, sigma in ((is_dc, SIGMA_DC), (~is_dc & fine, SIGMA), (~is_dc & ~fine, 0.0)):  # three large tensor operations
+        if part.any():
+            width = math.ceil(REACH * sigma / float(steps[part].min()))
+            log_lattice[:, part] = _log_lattice(c[:, part], steps[part], scale[part], is_dc[part], range(-width, width + 1))
     return torch.logaddexp(log_lattice + math.log(1 - OUTLIER_SHARE), log_p0 + math.log(OUTLIER_SHARE)).sum(dim=0)
 
 
@@ -166,6 +174,7 @@ def estimate_table(coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray, fl
     best = ALL_STEPS[pair[index].numpy().argmax(axis=0), np.arange(64)]
     levels = np.round(np.asarray(coefficients) / best)
     known = (levels != 0).sum(axis=0) >= KNOWN_MIN_NONZERO
+    known[0] &= best[0] >= DC_KNOWN_MIN_STEP
     return best.astype(int), known, float(_best_per_frequency(pair.double(), frequency).sum())
 
 
