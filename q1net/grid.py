@@ -14,7 +14,8 @@ phase has variance 1/2, over n coefficients). The runner-up, not the median,
 because on a heavily compressed image the neighbouring phases still see many
 flat blocks and score high too. Below `SURE_Z` the grid is taken to start at
 the origin, the usual case for images that were never cropped, and the result
-says the phase was assumed.
+says the phase was assumed; the top-scoring phase is kept as `best`, which
+the lattice verifier can still confirm (q1net.inference).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class GridPhase:
     dx: int
     z: float  # lead of the best phase over the runner-up, in standard errors
     sure: bool  # False: nothing stood out, (dy, dx) = (0, 0) assumed
+    best: tuple[int, int] = (0, 0)  # the top-scoring phase even when unsure: a candidate for the lattice to confirm
 
 
 ORIGIN = GridPhase(0, 0, 0.0, False)
@@ -73,5 +75,5 @@ def _detect(pixels: np.ndarray, blocks: int) -> GridPhase:
     best, runner_up = int(order[-1]), int(order[-2])
     z = float((scores.flat[best] - scores.flat[runner_up]) / np.sqrt(0.5 / coefficients))
     if z < SURE_Z:
-        return GridPhase(0, 0, z, False)
-    return GridPhase(best // BLOCK, best % BLOCK, z, True)
+        return GridPhase(0, 0, z, False, (best // BLOCK, best % BLOCK))
+    return GridPhase(best // BLOCK, best % BLOCK, z, True, (best // BLOCK, best % BLOCK))

@@ -31,7 +31,7 @@ with `fallback=True`, so a caller can treat it as a low-confidence answer.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -259,19 +259,31 @@ class Predictor:
         ]
 
     def gather(self, images: list[Decoded], estimate_table: bool = False) -> list[Evidence]:
-        """Per image: grid phase, CNN block scores (all images in one forward pass), lattice fit and header quality."""
-        phases = [detect_grid(image.pixels) for image in images]
-        samples = [self._sample(image.pixels, phase) for image, phase in zip(images, phases, strict=True)]
+        """Per image: grid phase, lattice fit, header quality and CNN block scores (all images in one forward pass)."""
+        located = [self._locate(image.pixels, estimate_table) for image in images]
+        samples = [self._sample(image.pixels, phase) for image, (phase, _) in zip(images, located, strict=True)]
         quality, confidence = self.net.quality_confidence(self.engine(np.concatenate([s.patches for s in samples])))
         quality, confidence = quality.numpy(), None if confidence is None else confidence.numpy()
         bounds = np.cumsum([0] + [len(s.patches) for s in samples])
         evidence = []
-        for image, phase, sample, a, b in zip(images, phases, samples, bounds[:-1], bounds[1:], strict=True):
-            lattice = None if self.method == "cnn" else fit_lattice(lattice_coefficients(image.pixels, phase), estimate=estimate_table)
+        for image, (phase, lattice), sample, a, b in zip(images, located, samples, bounds[:-1], bounds[1:], strict=True):
             header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
             found = Evidence(phase, sample, quality[a:b], None if confidence is None else confidence[a:b], lattice, header, image.notes)
             evidence.append(found)
         return evidence
+
+    def _locate(self, pixels: np.ndarray, estimate_table: bool) -> tuple[GridPhase, LatticeFit | None]:
+        """The grid phase and the lattice fit on it. An unsure detector's best phase is kept when the lattice is strong there."""
+        phase = detect_grid(pixels)
+        if self.method == "cnn":
+            return phase, None
+        lattice = fit_lattice(lattice_coefficients(pixels, phase), estimate=estimate_table)
+        if not phase.sure and phase.best != (phase.dy, phase.dx):
+            candidate = replace(phase, dy=phase.best[0], dx=phase.best[1], sure=True)
+            fit = fit_lattice(lattice_coefficients(pixels, candidate), estimate=estimate_table)
+            if fit is not None and fit.strong and (lattice is None or fit.strength > lattice.strength):
+                return candidate, fit
+        return phase, lattice
 
     def _sample(self, pixels: np.ndarray, phase: GridPhase) -> BlockSample:
         """Blocks on the grid at `phase` (the image cropped to start on it), in the image's coordinates."""

@@ -120,3 +120,17 @@ def test_recompressed_jpeg_file_is_flagged(scene, tmp_path):
     path.write_bytes(jpeg_encode(jpeg_roundtrip(scene, 30), 95))
     result = Predictor.from_pretrained().predict(path)
     assert result.header_quality == 95 and result.recompressed and abs(result.quality - 30) <= 2
+
+
+def test_lattice_confirms_a_phase_the_detector_is_unsure_of(scene):
+    """A mostly blank image: every phase scores alike, but the lattice is strong on the top-scoring one."""
+    from q1net import Predictor
+
+    mostly_white = scene.copy()
+    mostly_white[48:, :] = 255
+    mostly_white[:, 48:] = 255
+    decoded = jpeg_roundtrip(mostly_white, 60)[3:, 5:]
+    detected = detect_grid(decoded)
+    assert not detected.sure and detected.best == (5, 3)
+    result = Predictor.from_pretrained().predict(decoded)
+    assert result.grid == (5, 3) and result.grid_sure and result.quality == 60 and result.method == "lattice"
