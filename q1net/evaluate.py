@@ -84,7 +84,7 @@ class BlockScores:
         rows = []
         for found in self.evidence:
             decision = decide(found.quality, found.confidence, tau)
-            verdict = combine(decision.quality, found.lattice, found.header_quality, method)
+            verdict = combine(decision.quality, found.lattice, found.header_quality, method, decision.support)
             rows.append((verdict.quality, decision.fallback, verdict.method == "lattice"))
         predicted, fallback, by_lattice = zip(*rows, strict=True)
         return np.array(predicted), np.array(fallback), np.array(by_lattice)

@@ -9,7 +9,9 @@ Steps, each measured once per image into an `Evidence`:
 - "hybrid" (default): a strong lattice answers, choosing among its plausible
   qualities the one nearest the CNN's; a weak lattice (never JPEG-coded,
   resized, filtered, tiny) leaves the CNN's answer. When the CNN sees a clearly
-  lower quality than the lattice or the header (more than AGREE_LEVELS), the
+  lower quality than the lattice or the header (more than AGREE_LEVELS, with at
+  least MIN_SUPPORT of the blocks voting: on mostly flat images a handful of
+  flat blocks look heavily compressed), the
   image was coded again at a higher quality: the CNN's lower answer stands and
   `recompressed` is set. When no single IJG table fits (another encoder's
   tables, or a JPEG coded again at a higher quality, whose coefficients mix two
@@ -52,6 +54,7 @@ from q1net.weights import DEFAULT_PRETRAINED, load_net_file, load_weights, pretr
 TAU_DEFAULT = 96.0  # confidence threshold found by grid search in the paper
 BLOCKS_DEFAULT = 16  # blocks per side: 16 x 16 = 256 patches
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share
+MIN_SUPPORT = 0.1  # share of blocks voting from which the CNN may overrule a strong lattice
 AGREE_LEVELS = 12.0  # CNN below the lattice/header by more than this: recompressed (CNN's max test error is about 9)
 Method = Literal["hybrid", "cnn", "lattice"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -85,6 +88,11 @@ class Decision:
     blocks_used: int
     fallback: bool  # nothing passed tau: see the module docstring
     kept: np.ndarray = field(repr=False)  # (N,) bool, the blocks that voted
+
+    @property
+    def support(self) -> float:
+        """Share of the sampled blocks that voted; 0 on a fallback."""
+        return 0.0 if self.fallback else self.blocks_used / len(self.kept)
 
 
 def decide(quality: np.ndarray, confidence: np.ndarray | None, tau: float = TAU_DEFAULT) -> Decision:
@@ -134,14 +142,21 @@ class Verdict:
     recompressed: bool
 
 
-def combine(cnn_quality: float, lattice: LatticeFit | None, header_quality: int | None, method: Method = "hybrid") -> Verdict:
-    """One answer from the CNN's, the lattice's and the header's evidence (rules in the module docstring)."""
+def combine(
+    cnn_quality: float, lattice: LatticeFit | None, header_quality: int | None, method: Method = "hybrid", cnn_support: float = 1.0
+) -> Verdict:
+    """One answer from the CNN's, the lattice's and the header's evidence (rules in the module docstring).
+
+    `cnn_support` is the share of sampled blocks that voted (0 on a fallback): below MIN_SUPPORT
+    the CNN's answer rests on a few, often flat, blocks and may not overrule a strong lattice.
+    """
     if method == "lattice" and lattice is not None:
         return Verdict(float(lattice.quality), "lattice", header_quality is not None and lattice.quality < header_quality - AGREE_LEVELS)
     strong = lattice is not None and lattice.strong
     lattice_quality = min(lattice.plausible, key=lambda q: abs(q - cnn_quality)) if strong else None
-    seen_again = lattice_quality is not None and cnn_quality < lattice_quality - AGREE_LEVELS
-    mixed = lattice_quality is not None and not lattice.ijg and cnn_quality < lattice_quality  # see the module docstring
+    trusted = cnn_support >= MIN_SUPPORT
+    seen_again = trusted and lattice_quality is not None and cnn_quality < lattice_quality - AGREE_LEVELS
+    mixed = trusted and lattice_quality is not None and not lattice.ijg and cnn_quality < lattice_quality  # module docstring
     if method == "cnn" or lattice_quality is None or seen_again or mixed:
         quality, decided_by = cnn_quality, "cnn"
     else:
@@ -301,7 +316,7 @@ class Predictor:
         """The answer `evidence` gives under `tau` and `method` (the predictor's own by default)."""
         decision = decide(evidence.quality, evidence.confidence, self.tau if tau is None else tau)
         lattice = evidence.lattice
-        verdict = combine(decision.quality, lattice, evidence.header_quality, method or self.method)
+        verdict = combine(decision.quality, lattice, evidence.header_quality, method or self.method, decision.support)
         sample, confidence = evidence.sample, evidence.confidence
         blocks = {}
         if return_blocks:

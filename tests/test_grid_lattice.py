@@ -106,6 +106,7 @@ def test_hybrid_rule():
     assert combine(95.2, fit(96, plausible=(93, 94, 95, 96)), None).quality == 95  # the CNN picks among ties
     low = 90 - AGREE_LEVELS - 5
     assert combine(low, fit(90), None) == Verdict(low, "cnn", True)  # pixels show an earlier, lower quality
+    assert combine(low, fit(90), None, cnn_support=0.05) == Verdict(90.0, "lattice", False)  # unless few blocks voted
     assert combine(30.0, fit(30), 95) == Verdict(30.0, "lattice", True)  # header 95, pixels 30
     mixed = replace(fit(46), ijg=False)  # two lattices mixed (30 then 90) read as 46
     assert combine(40.0, mixed, None) == Verdict(40.0, "cnn", False) and combine(47.0, mixed, None).quality == 46
