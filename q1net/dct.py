@@ -49,7 +49,7 @@ def cut_blocks(plane: np.ndarray, tops: np.ndarray, lefts: np.ndarray) -> np.nda
 def unclipped(pixels: np.ndarray, tops: np.ndarray, lefts: np.ndarray) -> np.ndarray:
     """(N,) bool: blocks with no sample at 0 or 255, whose luma is still on the quantisation lattice."""
     blocks = cut_blocks(pixels, tops, lefts)
-    return ~((blocks == 0) | (blocks == PIXEL_MAX)).reshape(len(tops), -1).any(axis=1)
+    return ~((blocks == 0) | (blocks == PIXEL_MAX)).any(axis=tuple(range(1, blocks.ndim)))  # works for zero blocks too
 
 
 def block_coefficients(luma: np.ndarray, tops: np.ndarray, lefts: np.ndarray) -> np.ndarray:
