@@ -235,6 +235,11 @@ def ratios(results: dict) -> dict:
     }
 
 
+def table_head(caption: str, columns: list[str]) -> list[str]:
+    """A blank line, the caption, and a right-aligned markdown table header."""
+    return ["", caption, "", "| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+
+
 def markdown(results: dict) -> str:
     m, ms = results["machine"], 1000.0
     lines = [
@@ -249,23 +254,15 @@ def markdown(results: dict) -> str:
     for r in results["latency"]:
         cells = [r["decode"], r["grid"], r["sampling"], *(r[f"network_{e}"] for e in ENGINES), r["post"], r["lattice"]]
         lines.append(f"| {r['size']} | {r['file']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
-    lines += [
-        "",
-        "Blocks per side on the 2 MP image (ms; the paper's Table 4):",
-        "",
-        "| blocks | patches | sampling | torch | onnxruntime | xnnpack |",
-    ]
-    lines.append("|---:|---:|---:|---:|---:|---:|")
+    lines += table_head(
+        "Blocks per side on the 2 MP image (ms; the paper's Table 4):", ["blocks", "patches", "sampling", "torch", "onnxruntime", "xnnpack"]
+    )
     for r in results["blocks"]:
         cells = [r["sampling"], *(r[f"network_{e}"] for e in ENGINES)]
         lines.append(f"| {r['blocks']} | {r['patches']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
-    lines += [
-        "",
-        "`q1net predict` on a folder of 2 MP PNGs (process start included):",
-        "",
-        "| workers | images | wall s | images/s | peak MB |",
-    ]
-    lines.append("|---:|---:|---:|---:|---:|")
+    lines += table_head(
+        "`q1net predict` on a folder of 2 MP PNGs (process start included):", ["workers", "images", "wall s", "images/s", "peak MB"]
+    )
     for r in results["throughput"]:
         lines.append(f"| {r['workers']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |")
     t = results["training"]
