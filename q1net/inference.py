@@ -43,7 +43,7 @@ from PIL import Image
 
 from q1net.data.geometry import GEOMETRY, PatchGeometry
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
-from q1net.engines import EngineName, make_engine
+from q1net.engines import Engine, EngineName, make_engine
 from q1net.grid import GridPhase, detect_grid
 from q1net.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
 from q1net.lattice import LatticeFit, fit_lattice, lattice_coefficients
@@ -115,11 +115,10 @@ def on_scale(quality: float) -> float:
 
 
 @torch.no_grad()
-def score_patches(net: torch.nn.Module, patches: np.ndarray, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-patch (quality, confidence) of a Q1Network for (N, 3, P, P) uint8 patches."""
-    inputs = torch.from_numpy(patches).to(device=device, dtype=torch.float32)
-    quality, confidence = net.quality_confidence(net(inputs))
-    return quality.cpu().numpy(), None if confidence is None else confidence.cpu().numpy()
+def score_patches(net: Q1Network, engine: Engine, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-patch (quality, confidence) of a Q1Network run by `engine` on (N, 3, P, P) uint8 patches."""
+    quality, confidence = net.quality_confidence(engine(patches))
+    return quality.numpy(), None if confidence is None else confidence.numpy()
 
 
 @dataclass(frozen=True)
@@ -277,8 +276,7 @@ class Predictor:
         """Per image: grid phase, lattice fit, header quality and CNN block scores (all images in one forward pass)."""
         located = [self._locate(image.pixels, estimate_table) for image in images]
         samples = [self._sample(image.pixels, phase) for image, (phase, _) in zip(images, located, strict=True)]
-        quality, confidence = self.net.quality_confidence(self.engine(np.concatenate([s.patches for s in samples])))
-        quality, confidence = quality.numpy(), None if confidence is None else confidence.numpy()
+        quality, confidence = score_patches(self.net, self.engine, np.concatenate([s.patches for s in samples]))
         bounds = np.cumsum([0] + [len(s.patches) for s in samples])
         evidence = []
         for image, (phase, lattice), sample, a, b in zip(images, located, samples, bounds[:-1], bounds[1:], strict=True):

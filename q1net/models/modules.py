@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
+from q1net.engines import TorchEngine
 from q1net.inference import BLOCKS_DEFAULT, TAU_DEFAULT, decide, sample_blocks, score_patches
 from q1net.models.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
 from q1net.plots import confusion_image, confusion_matrix, zoom_patch
@@ -113,9 +114,10 @@ class QualityModule(LightningModule):
             self._gallery = None
             return
         true, predicted = [], []
+        engine = TorchEngine(self.net, self.device)
         for decoded, quality in images:
             sample = sample_blocks(decoded, self.blocks)
-            block_quality, block_confidence = score_patches(self.net, sample.patches, self.device)
+            block_quality, block_confidence = score_patches(self.net, engine, sample.patches)
             predicted.append(decide(block_quality, block_confidence, self.tau).quality)
             true.append(quality)
         errors = np.abs(np.array(predicted) - np.array(true))
