@@ -62,8 +62,10 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     process.send_signal(signal.SIGKILL)  # no chance to clean up or save anything more
     process.wait(timeout=60)
     assert wanted.exists() and process.returncode == -signal.SIGKILL
+    # Lightning writes the step-10 file before it replaces last.ckpt, so the kill may land between the two:
+    # last.ckpt then still holds step 5, which is as good a place to resume from.
     killed_at = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-    assert killed_at >= 10
+    assert killed_at >= 5 and killed_at % 5 == 0
 
     resumed = q1net_train([*args, f"--trainer.max_steps={killed_at + 5}", "--ckpt_path=last"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
