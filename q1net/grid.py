@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from q1net.dct import BLOCK, block_coefficients, block_grid, luma_plane
+from q1net.dct import BLOCK, block_coefficients, block_grid, cut_blocks, spread, to_luma
 
 GRID_BLOCKS = 256  # block positions scored at each of the 64 phases
 RETRY_FACTOR = 4  # an unsure answer is retried once with this many times the blocks (z grows with their root)
@@ -46,18 +47,19 @@ ORIGIN = GridPhase(0, 0, 0.0, False)
 
 
 def phase_scores(pixels: np.ndarray, blocks: int = GRID_BLOCKS) -> tuple[np.ndarray, int]:
-    """(8, 8) integer-lattice score of every grid phase (see the module docstring), and coefficients per phase."""
-    luma = luma_plane(pixels)
-    height, width = luma.shape
+    """(8, 8) integer-lattice score of every grid phase (see the module docstring), and coefficients per phase.
+
+    Each anchor's 15x15 neighbourhood holds its 8x8 block at all 64 phases, so only
+    those pixels are converted to luma, never the whole image.
+    """
+    height, width = pixels.shape[:2]
     tops, lefts = block_grid(height - BLOCK + 1, width - BLOCK + 1)  # anchors that fit at every phase
-    if len(tops) > blocks:
-        pick = np.linspace(0, len(tops) - 1, blocks).round().astype(int)
-        tops, lefts = tops[pick], lefts[pick]
-    phase = np.arange(BLOCK)
-    all_tops = (tops[None, None, :] + phase[:, None, None]).repeat(BLOCK, axis=1).ravel()
-    all_lefts = (lefts[None, None, :] + phase[None, :, None]).repeat(BLOCK, axis=0).ravel()
-    coefficients = block_coefficients(luma, all_tops, all_lefts).reshape(BLOCK, BLOCK, len(tops), -1)
-    return np.cos(2 * np.pi * coefficients).mean(axis=(2, 3)), coefficients[0, 0].size
+    pick = spread(len(tops), blocks)
+    tops, lefts = tops[pick], lefts[pick]
+    regions = to_luma(cut_blocks(pixels, tops, lefts, 2 * BLOCK - 1))  # (N, 15, 15)
+    shifted = sliding_window_view(regions, (BLOCK, BLOCK), axis=(1, 2))  # (N, dy, dx, 8, 8)
+    coefficients = block_coefficients(shifted.reshape(-1, BLOCK, BLOCK)).reshape(len(tops), BLOCK, BLOCK, -1)
+    return np.cos(2 * np.pi * coefficients).mean(axis=(0, 3)), len(tops) * coefficients.shape[-1]
 
 
 def detect_grid(pixels: np.ndarray, blocks: int = GRID_BLOCKS) -> GridPhase:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from q1net.dct import block_coefficients, block_grid, luma_plane, unclipped
+from q1net.dct import BLOCK, block_coefficients, cut_blocks, spread, to_luma, unclipped_blocks
 from q1net.grid import GridPhase
 from q1net.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, ijg_equivalent_quality
 
@@ -47,6 +47,13 @@ REACH = 6.0  # lattice points further than this many noise stds from a coefficie
 MISFIT_MAX = 8.0  # nats per block: IJG-coded images stay below 3 on val, other encoders' tables start near 20
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a non-zero level
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
+# Screening: every table is first scored on SCREEN_BLOCKS of the blocks; only tables within SCREEN_NATS
+# of that screen's best are scored on all of them. A table that far behind on an eighth of the blocks
+# would need the rest to favour it by as much again to come back within TIE_NATS: on the
+# val photos at every condition the answers are the same as scoring every table (as tests/test_grid_lattice.py checks).
+SCREEN_BLOCKS = 32
+SCREEN_NATS = 50.0
+SCREEN_MISFIT_MAX = MISFIT_MAX / 2  # a screen misfit above this: maybe not an IJG table, score every table on every block
 
 
 @dataclass(frozen=True)
@@ -66,14 +73,11 @@ class LatticeFit:
 
 
 def lattice_coefficients(pixels: np.ndarray, phase: GridPhase, blocks: int = LATTICE_BLOCKS) -> np.ndarray:
-    """(N, 64) luma DCT coefficients of up to `blocks` unclipped coding blocks on the grid at `phase`."""
-    tops, lefts = block_grid(*pixels.shape[:2], phase.dy, phase.dx)
-    keep = unclipped(pixels, tops, lefts)
-    tops, lefts = tops[keep], lefts[keep]
-    if len(tops) > blocks:
-        pick = np.linspace(0, len(tops) - 1, blocks).round().astype(int)
-        tops, lefts = tops[pick], lefts[pick]
-    return block_coefficients(luma_plane(pixels), tops, lefts)
+    """(N, 64) luma DCT coefficients of up to `blocks` unclipped coding blocks on the grid at `phase`, spread evenly."""
+    rows, cols = np.nonzero(unclipped_blocks(pixels, phase.dy, phase.dx))  # row-major, like the blocks
+    pick = spread(len(rows), blocks)
+    rows, cols = rows[pick], cols[pick]
+    return block_coefficients(to_luma(cut_blocks(pixels, phase.dy + BLOCK * rows, phase.dx + BLOCK * cols)))
 
 
 def _log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -110,7 +114,7 @@ def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, is_d
         sigma = torch.where(is_dc, SIGMA_DC, SIGMA)
         log_gauss = -0.5 * ((c - steps * level) / sigma) ** 2 - torch.log(sigma * math.sqrt(2 * math.pi))
         terms.append(torch.where(is_dc, log_dc_bin, log_mass) + log_gauss)
-    return torch.stack(terms).logsumexp(dim=0)
+    return terms[0] if len(terms) == 1 else torch.stack(terms).logsumexp(dim=0)
 
 
 def _step_log_likelihood(
@@ -178,11 +182,45 @@ def estimate_table(coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray, fl
     return best.astype(int), known, float(_best_per_frequency(pair.double(), frequency).sum())
 
 
+def _ijg_tables(coefficients: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(100,) log-likelihood of each IJG table, "no lattice"'s, and the misfit per block, every pair on every block."""
+    frequency, steps, index = IJG_PAIRS
+    pair, no_lattice = _pair_log_likelihoods(coefficients, frequency, steps)
+    pair = pair.double()
+    table = pair[index].sum(dim=1).numpy()
+    return table, no_lattice, float((_best_per_frequency(pair, frequency).sum() - table.max()) / len(coefficients))
+
+
+def ijg_table_scores(coefficients: np.ndarray, screen: bool = True) -> tuple[np.ndarray, float, float]:
+    """(100,) log-likelihood of each IJG table, "no lattice"'s, and the misfit per block.
+
+    With `screen`, tables far behind on the screen's blocks are not scored on the
+    rest (-inf). The misfit needs every pair on every block; it is then measured
+    on the screen, and only when that reads well under MISFIT_MAX (an IJG-coded
+    image) is the screening taken; otherwise everything is scored on every block.
+    """
+    screened = coefficients[spread(len(coefficients), SCREEN_BLOCKS)]
+    if not screen or len(screened) == len(coefficients):
+        return _ijg_tables(coefficients)
+    table, _, misfit = _ijg_tables(screened)
+    if misfit > SCREEN_MISFIT_MAX:
+        return _ijg_tables(coefficients)
+    frequency, steps, index = IJG_PAIRS
+    candidates = np.flatnonzero(table >= table.max() - SCREEN_NATS)
+    used = torch.from_numpy(np.unique(index[candidates].numpy()))
+    used_pair, no_lattice = _pair_log_likelihoods(coefficients, frequency[used], steps[used])
+    pair = torch.zeros(len(frequency), dtype=torch.float64)
+    pair[used] = used_pair.double()
+    table = np.full(len(IJG_QUALITIES), -math.inf)
+    table[candidates] = pair[index[candidates]].sum(dim=1).numpy()
+    return table, no_lattice, misfit
+
+
 @torch.no_grad()
 def fit_lattice(coefficients: np.ndarray, estimate: bool = False) -> LatticeFit | None:
     """The quality whose table best explains (N, 64) on-grid luma coefficients; None with too few blocks.
 
-    IJG tables are scored directly. When mixing IJG steps per frequency fits much
+    IJG tables are scored directly (after screening, above). When mixing IJG steps per frequency fits much
     better than any one IJG table (`misfit` over MISFIT_MAX: another encoder's or
     custom tables), or with `estimate`, every step is estimated on its own and the
     answer is the estimated table's IJG-equivalent quality (q1net.quant_tables).
@@ -190,12 +228,8 @@ def fit_lattice(coefficients: np.ndarray, estimate: bool = False) -> LatticeFit 
     if len(coefficients) < MIN_BLOCKS:
         return None
     blocks = len(coefficients)
-    frequency, steps, index = IJG_PAIRS
-    pair, no_lattice = _pair_log_likelihoods(coefficients, frequency, steps)
-    pair = pair.double()
-    table = pair[index].sum(dim=1).numpy()  # (100,) log-likelihood of each IJG table
+    table, no_lattice, misfit = ijg_table_scores(coefficients)
     best = int(table.argmax())
-    misfit = float((_best_per_frequency(pair, frequency).sum() - table[best]) / blocks)
     fit = LatticeFit(
         quality=int(IJG_QUALITIES[best]),
         strength=float((table[best] - no_lattice) / blocks),

@@ -9,10 +9,11 @@ from PIL import Image, JpegPresets
 
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
+from q1net.dct import BLOCK, unclipped_blocks
 from q1net.grid import detect_grid
 from q1net.images import read_image
 from q1net.inference import AGREE_LEVELS, Verdict, combine
-from q1net.lattice import LatticeFit, estimate_table, fit_lattice, lattice_coefficients
+from q1net.lattice import TIE_NATS, LatticeFit, estimate_table, fit_lattice, ijg_table_scores, lattice_coefficients
 from q1net.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
 
 
@@ -65,6 +66,52 @@ def test_lattice_finds_the_ijg_quality(scene, quality):
     decoded = jpeg_roundtrip(scene, quality)[2:, 3:]
     fit = fit_lattice(lattice_coefficients(decoded, detect_grid(decoded)))
     assert fit.quality == quality and fit.strong and fit.ijg and quality in fit.plausible
+
+
+@pytest.mark.parametrize("quality", [8, 45, 92])
+def test_lattice_reads_a_grayscale_jpeg(scene, quality):
+    data = io.BytesIO()
+    Image.fromarray(scene).convert("L").save(data, format="JPEG", quality=quality)
+    pixels = read_image(data).pixels  # gray, repeated into R, G and B
+    fit = fit_lattice(lattice_coefficients(pixels, detect_grid(pixels)))
+    assert fit.quality == quality and fit.strong and fit.ijg
+
+
+@pytest.mark.parametrize(
+    "coded",
+    [lambda s, q: jpeg_roundtrip(s, q)[5:, 2:], lambda s, q: jpeg_roundtrip(jpeg_roundtrip(s, q), 90)],
+    ids=["shifted", "recompressed-at-90"],
+)
+@pytest.mark.parametrize("quality", [1, 6, 30, 52, 77, 91, 98, 100])
+def test_screening_gives_the_answer_scoring_every_table_gives(scene, coded, quality):
+    pixels = coded(scene, quality)
+    coefficients = lattice_coefficients(pixels, detect_grid(pixels))
+    screened, _, _ = ijg_table_scores(coefficients)
+    every, _, _ = ijg_table_scores(coefficients, screen=False)
+    assert screened.argmax() == every.argmax()
+    assert np.array_equal(screened >= screened.max() - TIE_NATS, every >= every.max() - TIE_NATS)  # the same plausible set
+    kept = np.isfinite(screened)
+    np.testing.assert_allclose(screened[kept], every[kept], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (9, 7), (8, 8), (17, 9), (40, 33)])
+def test_clipped_blocks_match_a_block_by_block_check(height, width):
+    rng = np.random.default_rng(height * width)
+    levels = np.array([0, 1, 128, 254, 255], np.uint8)
+    pixels = rng.choice(levels, size=(height, width, 3), p=[0.01, 0.3, 0.38, 0.3, 0.01])
+    for dy, dx in [(0, 0), (3, 5), (7, 7)]:
+        rows, cols = max(0, (height - dy) // BLOCK), max(0, (width - dx) // BLOCK)
+        expected = np.array(
+            [
+                [
+                    not np.isin(pixels[dy + BLOCK * r : dy + BLOCK * (r + 1), dx + BLOCK * c : dx + BLOCK * (c + 1)], [0, 255]).any()
+                    for c in range(cols)
+                ]
+                for r in range(rows)
+            ],
+            bool,
+        ).reshape(rows, cols)
+        np.testing.assert_array_equal(unclipped_blocks(pixels, dy, dx), expected)
 
 
 def test_lattice_is_weak_without_jpeg(scene):
