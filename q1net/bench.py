@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -48,6 +49,28 @@ def timed(function, repeats: int = 5) -> float:
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed_in_turn(functions: dict[str, Callable[[], object]], repeats: int = 9) -> dict[str, list[float]]:
+    """Seconds of each call of each function, called in turn (A B C A B C ...) after one warm-up each.
+
+    Taking turns puts the machine's drift into every function alike, so ratios
+    of the per-round times compare like with like (the machine is shared and noisy).
+    """
+    for function in functions.values():
+        function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the round-by-round ratios of two `timed_in_turn` series."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def peak_mb() -> float:
@@ -89,6 +112,15 @@ def engines(net, scratch: Path) -> dict[str, object]:
     return runners
 
 
+def network_times(runners: dict, patches: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median seconds of every engine on `patches`, the engines taking turns, and ONNX Runtime's paired speed-up over eager."""
+    times = timed_in_turn({name: (lambda run=run: run(patches)) for name, run in runners.items()}, repeats)
+    medians = {f"network_{name}": statistics.median(series) for name, series in times.items()}
+    if {"torch", "onnxruntime"} <= set(times):
+        medians["onnxruntime_speedup"] = paired_ratio(times["torch"], times["onnxruntime"])
+    return medians
+
+
 def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> dict[str, float]:
     """Seconds of every stage after decoding, for one decoded image."""
     from q1net.grid import detect_grid
@@ -101,7 +133,7 @@ def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> d
     return {
         "grid": timed(lambda: detect_grid(pixels), repeats),
         "sampling": timed(lambda: predictor._sample(pixels, phase), repeats),
-        **{f"network_{name}": timed(lambda run=run: run(patches), repeats) for name, run in runners.items()},
+        **network_times(runners, patches, repeats),
         "post": timed(lambda: combine(decide(quality, confidence, predictor.tau).quality, None, None), repeats),
         "lattice": timed(lambda: fit_lattice(lattice_coefficients(pixels, phase)), repeats),
     }
@@ -116,15 +148,16 @@ def block_sweep(predictor, runners: dict, pixels: np.ndarray) -> list[dict]:
         predictor.blocks = blocks
         patches = predictor._sample(pixels, phase).patches
         row = {"blocks": blocks, "patches": len(patches), "sampling": timed(lambda: predictor._sample(pixels, phase))}
-        rows.append(row | {f"network_{name}": timed(lambda run=run, patches=patches: run(patches)) for name, run in runners.items()})
+        rows.append(row | network_times(runners, patches, repeats=9))
     return rows
 
 
 def latency_section(scratch: str) -> dict:
     """Per-stage seconds for each image size and file type, and the block sweep on 2 MP."""
     from q1net.images import read_image
-    from q1net.inference import Predictor
+    from q1net.inference import BLAS, Predictor
 
+    BLAS.limit(limits=1, user_api="blas")  # for this whole process: the stages run as Predictor.gather runs them
     predictor = Predictor.from_pretrained(engine="torch")
     runners = engines(predictor.net, Path(scratch))
     rows, sweep = [], []
@@ -221,18 +254,33 @@ def machine() -> dict:
 
 
 def ratios(results: dict) -> dict:
-    """The four ratios issue #6 sets targets for, from the 2 MP PNG row at 256 blocks."""
+    """The ratios issue #6 sets targets for, from the 2 MP PNG row at 256 blocks (the network: the fastest engine).
+
+    The predictor's overhead is given for the default hybrid and for `--method cnn`;
+    the verifier is the lattice fit (coefficients and scoring), what the hybrid adds:
+    grid detection serves both methods.
+    """
     row = next(r for r in results["latency"] if r["size"] == "2MP" and r["file"] == "png")
     network = min(row[f"network_{name}"] for name in ENGINES)
-    overhead = row["grid"] + row["sampling"] + network + row["post"] + row["lattice"]
+    cnn_overhead = row["grid"] + row["sampling"] + network + row["post"]
     sweep = next(r for r in results["blocks"] if r["blocks"] == 16)
     training = results["training"]
     return {
-        "predict_overhead_over_decode": overhead / row["decode"],
+        "predict_overhead_over_decode": (cnn_overhead + row["lattice"]) / row["decode"],
+        "cnn_only_overhead_over_decode": cnn_overhead / row["decode"],
         "dataloader_over_train_step": training["data_all_workers"] / training["train_step"],
-        "onnxruntime_speedup_over_eager": sweep["network_torch"] / sweep["network_onnxruntime"],
-        "verifier_over_network": (row["grid"] + row["lattice"]) / network,
+        "onnxruntime_speedup_over_eager": sweep["onnxruntime_speedup"],
+        "verifier_over_network": row["lattice"] / network,
     }
+
+
+TARGETS = {
+    "predict_overhead_over_decode": "<= 0.5",
+    "cnn_only_overhead_over_decode": "(<= 0.5)",
+    "dataloader_over_train_step": ">= 3",
+    "onnxruntime_speedup_over_eager": ">= 1.5",
+    "verifier_over_network": "<= 1",
+}
 
 
 def table_head(caption: str, columns: list[str]) -> list[str]:
@@ -275,13 +323,7 @@ def markdown(results: dict) -> str:
         "| ratio | value | target |",
         "|---|---:|---:|",
     ]
-    targets = {
-        "predict_overhead_over_decode": "<= 0.5",
-        "dataloader_over_train_step": ">= 3",
-        "onnxruntime_speedup_over_eager": ">= 1.5",
-        "verifier_over_network": "<= 1",
-    }
-    lines += [f"| {name} | {value:.2f} | {targets[name]} |" for name, value in results["ratios"].items()]
+    lines += [f"| {name} | {value:.2f} | {TARGETS[name]} |" for name, value in results["ratios"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,9 @@ class OnnxEngine:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Workers spin between the network's layers but stop when a batch is done: the lattice fit and the
+        # next image's decoding run on these same cores next (spinning on: a 2 MP predict 120 ms instead of 78 here).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 

@@ -22,6 +22,8 @@ non-zero coefficient, and the CNN chooses among them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -99,21 +101,26 @@ def _log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return log_p0
 
 
-def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, is_dc: torch.Tensor, shifts: range) -> torch.Tensor:
-    """log sum_k P(k | s) N(c - s k; sigma) over the lattice points `shifts` away from round(c / s)."""
+def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, dc: bool, shifts: range) -> torch.Tensor:
+    """log sum_k P(k | s) N(c - s k; sigma) over the lattice points `shifts` away from round(c / s).
+
+    `dc`: all columns are DC (uniform level prior, SIGMA_DC) or all are AC (Laplacian bins, SIGMA).
+    """
     nearest = torch.round(c / steps)
+    sigma = SIGMA_DC if dc else SIGMA
+    log_norm = -math.log(sigma * math.sqrt(2 * math.pi))
     ratio = steps / scale
     log_zero_bin = torch.log(-torch.expm1(-ratio / 2))
     log_bin_width = math.log(0.5) + torch.log(-torch.expm1(-ratio))  # a Laplacian's mass in bin k != 0, times exp((|k| - 1/2) s / b)
-    log_dc_bin = torch.log(steps / DC_RANGE)
     terms = []
     for shift in shifts:
-        level = nearest + shift
-        size = level.abs()
-        log_mass = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
-        sigma = torch.where(is_dc, SIGMA_DC, SIGMA)
-        log_gauss = -0.5 * ((c - steps * level) / sigma) ** 2 - torch.log(sigma * math.sqrt(2 * math.pi))
-        terms.append(torch.where(is_dc, log_dc_bin, log_mass) + log_gauss)
+        level = nearest + shift if shift else nearest
+        if dc:
+            log_prior = torch.log(steps / DC_RANGE)
+        else:
+            size = level.abs()
+            log_prior = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
+        terms.append(log_prior + log_norm - 0.5 * ((c - steps * level) / sigma) ** 2)
     return terms[0] if len(terms) == 1 else torch.stack(terms).logsumexp(dim=0)
 
 
@@ -127,10 +134,11 @@ def _step_log_likelihood(
     """
     log_lattice = torch.empty_like(c)
     fine = steps < 2 * REACH * SIGMA  # a second lattice point can be within REACH stds
-    for part, sigma in ((is_dc, SIGMA_DC), (~is_dc & fine, SIGMA), (~is_dc & ~fine, 0.0)):  # three large tensor operations
+    parts = ((is_dc, True, SIGMA_DC), (~is_dc & fine, False, SIGMA), (~is_dc & ~fine, False, 0.0))  # 0: the nearest point only
+    for part, dc, reach in parts:  # three large tensor operations
         if part.any():
-            width = math.ceil(REACH * sigma / float(steps[part].min()))
-            log_lattice[:, part] = _log_lattice(c[:, part], steps[part], scale[part], is_dc[part], range(-width, width + 1))
+            width = math.ceil(REACH * reach / float(steps[part].min()))
+            log_lattice[:, part] = _log_lattice(c[:, part], steps[part], scale[part], dc, range(-width, width + 1))
     return torch.logaddexp(log_lattice + math.log(1 - OUTLIER_SHARE), log_p0 + math.log(OUTLIER_SHARE)).sum(dim=0)
 
 
@@ -147,6 +155,18 @@ def _pairs(tables: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 IJG_PAIRS = _pairs(IJG_LUMA_TABLES)  # 100 tables share about 4,800 (frequency, step) pairs
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the fit: its tensors are small, and after a parallel op torch's OpenMP
+    workers spin for a while on the core the network runs on next (measured: ONNX Runtime 19 -> 26 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _pair_log_likelihoods(coefficients: np.ndarray, frequency: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -167,6 +187,7 @@ ALL_PAIRS = _pairs(ALL_STEPS)
 
 
 @torch.no_grad()
+@one_thread()
 def estimate_table(coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-frequency ML quantiser steps (64,) from on-grid coefficients, which are known, and the total log-likelihood.
 
@@ -217,6 +238,7 @@ def ijg_table_scores(coefficients: np.ndarray, screen: bool = True) -> tuple[np.
 
 
 @torch.no_grad()
+@one_thread()
 def fit_lattice(coefficients: np.ndarray, estimate: bool = False) -> LatticeFit | None:
     """The quality whose table best explains (N, 64) on-grid luma coefficients; None with too few blocks.
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from q1net.bench import ENGINES, markdown, ratios, stage_times, timed
+from q1net.bench import ENGINES, markdown, paired_ratio, ratios, stage_times, timed, timed_in_turn
 from q1net.engines import make_engine
 from q1net.inference import Predictor
 
@@ -19,7 +19,8 @@ def test_stage_times_cover_every_stage(photo):
 def fake_results() -> dict:
     stage = {"decode": 0.02, "grid": 0.001, "sampling": 0.001, "post": 0.0001, "lattice": 0.004} | {f"network_{e}": 0.01 for e in ENGINES}
     latency = [{"size": s, "pixels": 1, "file": f} | stage for s in ("0.5MP", "2MP", "12MP") for f in ("png", "jpeg")]
-    blocks = [{"blocks": b, "patches": b * b, "sampling": 0.001} | {f"network_{e}": 0.01 * b for e in ENGINES} for b in (4, 16)]
+    network = {"onnxruntime_speedup": 1.25}
+    blocks = [{"blocks": b, "patches": b * b, "sampling": 0.001} | {f"network_{e}": 0.01 * b for e in ENGINES} | network for b in (4, 16)]
     return {
         "machine": {"date": "2026-11-25", "cpu": "test cpu", "cores": 2, "python": "3.11", "versions": {"torch": "x"}},
         "latency": latency,
@@ -34,7 +35,16 @@ def test_ratios_and_table():
     results = fake_results()
     results["ratios"] = ratios(results)
     assert results["ratios"]["dataloader_over_train_step"] == 4.0
-    assert results["ratios"]["onnxruntime_speedup_over_eager"] == 1.0
+    assert results["ratios"]["onnxruntime_speedup_over_eager"] == 1.25
+    assert results["ratios"]["verifier_over_network"] == 0.4  # lattice 4 ms against the network's 10
+    assert np.isclose(results["ratios"]["cnn_only_overhead_over_decode"], (0.001 + 0.001 + 0.01 + 0.0001) / 0.02)
     table = markdown(results)
     assert "test cpu, 2 cores" in table and "| 12MP | jpeg |" in table and "| 16 | 256 |" in table
     assert table.count("| predict_overhead_over_decode |") == 1
+
+
+def test_functions_take_turns_and_ratios_pair_rounds():
+    calls = []
+    times = timed_in_turn({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4 and all(len(series) == 3 for series in times.values())  # a warm-up, then 3 rounds
+    assert paired_ratio([2.0, 9.0, 4.0], [1.0, 3.0, 1.0]) == 3.0  # the median of 2, 3, 4: drift between rounds cancels
