@@ -10,7 +10,7 @@ ARGS ?=
 
 DATA_ARGS := $(if $(DATA),--data configs/data/folder.yaml --data.train_source.init_args.root=$(DATA) --data.val_source.init_args.root=$(VAL))
 
-.PHONY: help setup train test test-full fuzz bench export lint clean
+.PHONY: help setup train test test-full fuzz bench reproduce export lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,13 @@ fuzz: $(STAMP)  ## the long fuzz run: 10,000 mutated PNG/JPEG files through the 
 
 bench: $(STAMP)  ## measure latency, throughput, training speed and memory here: bench/results.{json,md}
 	$(BIN)/q1net bench --out bench
+
+BUDGET ?= 3
+TEST ?=
+QUALITY_STEP ?= 3
+reproduce: $(STAMP)  ## the paper's Tables 2 and 3: BUDGET=minutes per network, DATA=train VAL=val TEST=test folders
+	@test -n "$(DATA)" -a -n "$(VAL)" -a -n "$(TEST)" || { echo "make reproduce needs DATA=, VAL= and TEST= image folders" >&2; exit 2; }
+	$(BIN)/q1net reproduce --budget $(BUDGET) --train $(DATA) --val $(VAL) --test $(TEST) --quality-step $(QUALITY_STEP) $(ARGS)
 
 export: $(STAMP)  ## export the shipped weights to exports/: ONNX, XNNPACK .pte, Vulkan .pte (fp32, fp16), with parity table
 	$(BIN)/q1net export --all --out exports $(ARGS)

@@ -289,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench", help="output folder (default bench/)")
     bench.add_argument("--workers", type=positive_int, default=None, help="worker processes to compare with 1 (default: every core)")
 
+    reproduce = commands.add_parser("reproduce", help="train and evaluate the paper's Table 2 and 3 networks at one budget")
+    reproduce.add_argument("--budget", type=float, required=True, help="minutes of training per network")
+    reproduce.add_argument("--train", required=True, help="folder of lossless training images")
+    reproduce.add_argument("--val", required=True, help="folder of lossless validation images (thresholds are tuned here)")
+    reproduce.add_argument("--test", required=True, help="folder of lossless test images (the table's figures)")
+    reproduce.add_argument("--out", default="runs/reproduce", help="runs, results.json and table.md (default runs/reproduce)")
+    reproduce.add_argument("--quality-step", type=positive_int, default=1, help="evaluate qualities 1, 1+N, ... (default every level)")
+    reproduce.add_argument("--rows", default="", help="comma list of rows (names or config names); default all")
+    reproduce.add_argument("--group", default="", help="W&B group of the runs (default reproduce-DATE)")
+    reproduce.add_argument("--train-arg", action="append", default=[], help="extra `q1net train` argument for every run (repeatable)")
+
     pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
     pack.add_argument("checkpoint", help="a training .ckpt")
     pack.add_argument("out", help="the .safetensors file to write")
@@ -472,6 +483,28 @@ def run_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_reproduce(args: argparse.Namespace) -> int:
+    from q1net.reproduce import ROWS, Setup, reproduce
+
+    rows = tuple(name.strip() for name in args.rows.split(",") if name.strip())
+    unknown = set(rows) - {row.name for row in ROWS} - {row.config for row in ROWS}
+    if unknown:
+        fail(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(row.name for row in ROWS)}")
+        return EXIT_USAGE
+    for folder in (args.train, args.val, args.test):
+        if not Path(folder).is_dir():
+            fail(f"{folder}: image folder not found")
+            return EXIT_USAGE
+    setup = Setup(args.train, args.val, args.test, args.budget, Path(args.out), args.quality_step, args.group, rows, tuple(args.train_arg))
+    try:
+        report = reproduce(setup)
+    except RuntimeError as error:
+        fail(str(error))
+        return EXIT_SOME_FAILED
+    print((Path(args.out) / "table.md").read_text(), end="")
+    return EXIT_OK if report["rows"] else EXIT_SOME_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \xNN escapes instead of crashing
@@ -489,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": run_export,
         "pack": run_pack,
         "bench": run_bench,
+        "reproduce": run_reproduce,
         "data": run_data,
     }
     return commands[args.command](args)

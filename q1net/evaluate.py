@@ -41,6 +41,7 @@ class Condition:
 
     quality_min: int = QUALITY_MIN
     quality_max: int = QUALITY_MAX
+    quality_step: int = 1  # every level by default; q1net reproduce may take every n-th
     subsampling: Subsampling = "4:2:0"
     grid_offset: GridOffset = "none"
     grayscale: bool = False
@@ -50,7 +51,7 @@ class Condition:
 
     @property
     def qualities(self) -> list[int | str]:
-        return [self.preset] if self.preset else list(range(self.quality_min, self.quality_max + 1))
+        return [self.preset] if self.preset else list(range(self.quality_min, self.quality_max + 1, self.quality_step))
 
     def make(self, pixels: np.ndarray, quality: int | str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """`pixels` coded at `quality` under this condition and decoded, as (H, W, 3) uint8, and the true quality."""

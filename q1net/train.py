@@ -1,14 +1,14 @@
-"""`q1net train`: LightningCLI over the three LightningModules and the patch DataModule."""
+"""`q1net train`: LightningCLI over the LightningModules (Q1 heads and Table 2 peers) and the patch DataModule."""
 
 from __future__ import annotations
 
 import sys
 
+from lightning import LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from q1net.data.datamodule import PatchDataModule
-from q1net.models.modules import QualityModule
 from q1net.tracking import choose_wandb_mode
 
 SUBCOMMANDS = ("fit", "validate", "test")
@@ -20,7 +20,7 @@ def train(argv: list[str]) -> int:
         argv = ["fit", *argv]
     mode = choose_wandb_mode()
     cli = LightningCLI(
-        QualityModule,
+        LightningModule,
         PatchDataModule,
         subclass_mode_model=True,
         args=argv,

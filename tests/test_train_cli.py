@@ -32,8 +32,9 @@ TINY = [
 ]
 
 
-def q1net_train(args, cwd):
-    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+def q1net_train(args, cwd, extra_path=None):
+    path = os.pathsep.join(str(p) for p in (ROOT, extra_path) if p)
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": path}
     env.pop("WANDB_API_KEY", None)
     command = [sys.executable, "-m", "q1net.cli", "train", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

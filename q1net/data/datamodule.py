@@ -81,7 +81,9 @@ class PatchDataModule(LightningDataModule):
     A resumed run continues the stream from a new offset instead of repeating it.
     With `quality_warmup_steps`, the first steps draw qualities only from the
     `quality_warmup_band` lowest and highest levels, widening to the full range
-    (PatchSampler.draw_quality says why).
+    (PatchSampler.draw_quality says why). `crop_input` makes every sample one
+    whole `crop_size` crop instead of patches (the Table 2 peers; set
+    patches_per_crop to 1).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class PatchDataModule(LightningDataModule):
         subsampling: Subsampling = "4:2:0",
         all_shifts: bool = True,
         min_sobel: float = 0.0,
+        crop_input: bool = False,
         quality_warmup_steps: int = 0,
         quality_warmup_band: int = 5,
         num_workers: int = 0,
@@ -109,7 +112,7 @@ class PatchDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["train_source", "val_source"])
         self.train_source, self.val_source = train_source, val_source
-        self.sampler = PatchSampler(crop_size, patches_per_crop, quality_min, quality_max, subsampling, all_shifts, min_sobel)
+        self.sampler = PatchSampler(crop_size, patches_per_crop, quality_min, quality_max, subsampling, all_shifts, min_sobel, crop_input)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         levels = quality_max - quality_min + 1
         self.warmup = QualityWarmup(quality_warmup_steps, quality_warmup_band, levels) if quality_warmup_steps else None

@@ -22,12 +22,18 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as J
 
 
 def sobel_magnitude(gray: np.ndarray) -> np.ndarray:
-    """|grad| of a 2-D float array by the 3x3 Sobel operator (valid region, 2 px smaller)."""
-    windows = sliding_window_view(gray, (3, 3))
+    """|grad| of (..., H, W) float arrays by the 3x3 Sobel operator (valid region, 2 px smaller)."""
+    windows = sliding_window_view(gray, (3, 3), axis=(-2, -1))
     kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
-    gx = np.einsum("ijkl,kl->ij", windows, kx)
-    gy = np.einsum("ijkl,kl->ij", windows, kx.T)
+    gx = np.einsum("...ijkl,kl->...ij", windows, kx)
+    gy = np.einsum("...ijkl,kl->...ij", windows, kx.T)
     return np.hypot(gx, gy)
+
+
+def patch_sobel(patches: np.ndarray) -> np.ndarray:
+    """(N,) mean Sobel magnitude of the luma of (N, 3, P, P) uint8 patches: Q1-Sobel's block confidence."""
+    gray = np.einsum("nchw,c->nhw", patches.astype(np.float32), LUMA_WEIGHTS)
+    return sobel_magnitude(gray).mean(axis=(1, 2))
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class PatchSampler:
     network learns to read blocks wherever the grid falls; without it every patch
     is one coding block plus its ring. `min_sobel` rejects near-flat patches
     (mean Sobel magnitude of the uncompressed luma below it; 0 keeps all).
+    With `whole_crop` the one "patch" is the whole coded crop, `crop_size` square:
+    the input of the paper's Table 2 peers (q1net.models.peers).
     """
 
     crop_size: int = 64
@@ -59,13 +67,14 @@ class PatchSampler:
     subsampling: Subsampling = "4:2:0"
     all_shifts: bool = True
     min_sobel: float = 0.0
+    whole_crop: bool = False
     geometry: PatchGeometry = GEOMETRY
 
     def __post_init__(self) -> None:
         g = self.geometry
         if self.crop_size % g.mcu:
             raise ValueError(f"crop_size {self.crop_size} must be a multiple of the {g.mcu}-pixel MCU")
-        if self.crop_size < g.patch + 2 * g.edge_margin + g.block:
+        if not self.whole_crop and self.crop_size < g.patch + 2 * g.edge_margin + g.block:
             raise ValueError(f"crop_size {self.crop_size} is too small for one patch at every grid phase")
         if not QUALITY_MIN <= self.quality_min <= self.quality_max <= QUALITY_MAX:
             raise ValueError(f"quality range {self.quality_min}..{self.quality_max} is not inside 1..100")
@@ -106,6 +115,11 @@ class PatchSampler:
         left = rng.integers(0, (width - crop_w) // g.mcu + 1) * g.mcu
         clean = image[top : top + crop_h, left : left + crop_w]
         quality = self.draw_quality(rng, band)
+        if self.whole_crop:
+            if (crop_h, crop_w) != (self.crop_size, self.crop_size):
+                raise ValueError(f"image of {width}x{height} is smaller than one {self.crop_size}x{self.crop_size} crop")
+            decoded = jpeg_roundtrip(clean, quality, self.subsampling)
+            return PatchBatch(np.ascontiguousarray(decoded.transpose(2, 0, 1)[None]), np.array([quality], np.int64))
 
         draws = self.patches_per_crop * (2 if self.min_sobel > 0 else 1)
         ys, xs = self._patch_starts(rng, crop_h, draws), self._patch_starts(rng, crop_w, draws)

@@ -1,4 +1,4 @@
-"""LightningModules for the paper's three heads: Q1Regressor, Q1Classifier and confidence-aware Q1Net.
+"""LightningModules for the paper's three heads (Q1Regressor, Q1Classifier, confidence-aware Q1Net) and its Table 2 peers.
 
 Each wraps a plain `Q1Network` (which never imports Lightning), owns its loss,
 and shares one `_step` for train/val/test. Validation also runs the full
@@ -20,11 +20,37 @@ from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 from q1net.engines import TorchEngine
 from q1net.inference import BLOCKS_DEFAULT, TAU_DEFAULT, decide, sample_blocks, score_patches
+from q1net.models.peers import PeerNetwork, centre_crop
 from q1net.models.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
 from q1net.plots import confusion_image, confusion_matrix, zoom_patch
 from q1net.weights import WeightsError, load_net_file
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (B, 3, P, P) uint8 patches, (B,) int qualities
+
+
+def optimizer_config(module: LightningModule, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None) -> dict:
+    """What `configure_optimizers` returns: the optimiser, and the scheduler stepped every training step."""
+    built = optimizer(module.parameters())
+    if scheduler is None:
+        return {"optimizer": built}
+    return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler(built), "interval": "step"}}
+
+
+def log_patch_scores(module: LightningModule, stage: str, loss: torch.Tensor, predicted: torch.Tensor, quality: torch.Tensor) -> None:
+    """Loss and patch MAE: per step in training, per epoch (averaged over ranks) otherwise."""
+    on_step = stage == "train"
+    for name, value in (("loss", loss), ("patch_mae", (predicted - quality).abs().mean())):
+        module.log(
+            f"{stage}/{name}", value, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(quality), sync_dist=not on_step
+        )
+
+
+def log_image_scores(module: LightningModule, true: list[int], predicted: list[float]) -> np.ndarray:
+    """Image-level MAE and SDE (std of |e|, as the published evaluator) of the validation images; the errors."""
+    errors = np.abs(np.array(predicted) - np.array(true))
+    module.log("val/image_mae", float(errors.mean()), prog_bar=True, sync_dist=True)
+    module.log("val/image_sde", float(errors.std()), sync_dist=True)
+    return errors
 
 
 class QualityModule(LightningModule):
@@ -73,9 +99,7 @@ class QualityModule(LightningModule):
         outputs = self._train_forward(patches.float()) if stage == "train" else self(patches)
         loss = self.loss(outputs, quality.float())
         predicted, confidence = self.net.quality_confidence(outputs.detach())
-        on_step = stage == "train"
-        for name, value in (("loss", loss), ("patch_mae", (predicted - quality).abs().mean())):
-            self.log(f"{stage}/{name}", value, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(quality))
+        log_patch_scores(self, stage, loss, predicted, quality)
         if stage == "val" and self._gallery is None:
             n = self.gallery_size
             self._gallery = (
@@ -96,10 +120,7 @@ class QualityModule(LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
+        return optimizer_config(self, self.optimizer, self.scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # self-describing checkpoints: enough to rebuild the net without this class
@@ -120,9 +141,7 @@ class QualityModule(LightningModule):
             block_quality, block_confidence = score_patches(self.net, engine, sample.patches)
             predicted.append(decide(block_quality, block_confidence, self.tau).quality)
             true.append(quality)
-        errors = np.abs(np.array(predicted) - np.array(true))
-        self.log("val/image_mae", float(errors.mean()), prog_bar=True)
-        self.log("val/image_sde", float(errors.std()))  # std of |e|, as the published evaluator
+        log_image_scores(self, true, predicted)
         self._log_pictures(np.array(true), np.array(predicted))
         self._gallery = None
 
@@ -204,3 +223,53 @@ class Q1Classifier(QualityModule):
         coarse = coarse.scatter_reduce(1, bins.expand(len(outputs), -1), outputs, reduce="amax")  # stabiliser
         log_sum = torch.zeros_like(coarse).index_add_(1, bins, (outputs - coarse[:, bins]).exp()).log() + coarse
         return F.nll_loss(log_sum - log_sum.logsumexp(dim=1, keepdim=True), level * classes // levels)
+
+
+class PeerRegressor(LightningModule):
+    """A Table 2 peer (q1net.models.peers) trained with L1 on the quality of whole crops (DataModule `crop_input`)."""
+
+    def __init__(
+        self,
+        arch: str = "mobilenet_v2",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = PeerNetwork(arch)
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.net(crops.float())
+
+    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
+        crops, quality = batch
+        predicted = self(crops)[:, 0]
+        loss = F.l1_loss(predicted, quality.float())
+        log_patch_scores(self, stage, loss, predicted.detach(), quality.float())
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> dict:
+        return optimizer_config(self, self.optimizer, self.scheduler)
+
+    @torch.no_grad()
+    def predict_pixels(self, images: list[np.ndarray]) -> np.ndarray:
+        """Quality of each decoded (H, W, 3) uint8 image from its MCU-aligned centre crop, in one batch."""
+        crops = np.stack([centre_crop(image, self.net.input_size) for image in images])
+        return self(torch.from_numpy(crops).to(self.device))[:, 0].cpu().numpy()
+
+    def on_validation_epoch_end(self) -> None:
+        images = getattr(getattr(self.trainer, "datamodule", None), "image_val_set", None)
+        if self.trainer.sanity_checking or not images:
+            return
+        predicted = [float(self.predict_pixels([decoded])[0]) for decoded, _ in images]
+        log_image_scores(self, [quality for _, quality in images], predicted)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["q1net"] = {"version": __version__, "peer": self.net.arch}
