@@ -52,16 +52,18 @@ def timed(function, repeats: int = 5) -> float:
 
 
 def timed_in_turn(functions: dict[str, Callable[[], object]], repeats: int = 9) -> dict[str, list[float]]:
-    """Seconds of each call of each function, called in turn (A B C A B C ...) after one warm-up each.
+    """Seconds of each function, the functions taking turns (A B C A B C ...), `repeats` turns each.
 
-    Taking turns puts the machine's drift into every function alike, so ratios
-    of the per-round times compare like with like (the machine is shared and noisy).
+    Taking turns puts the machine's drift into every function alike, so ratios of
+    the per-turn times compare like with like (the machine is shared and noisy).
+    Each turn starts with one untimed call: the previous function's thread pool
+    (PyTorch's OpenMP workers spin for a while after each op) must not be
+    charged to the next one, which in real use runs alone.
     """
-    for function in functions.values():
-        function()
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
+            function()
             start = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - start)
