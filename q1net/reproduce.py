@@ -26,12 +26,15 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
 
 from q1net.data.patches import patch_sobel
 from q1net.data.sources import FolderSource, ImageSource
 from q1net.evaluate import BlockScores, Condition, score_source, summarise, tune_tau
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "reproduce"
+FINAL = "final.ckpt"  # in each run's folder: the weights its budget ended with
 Filter = Literal["confidence", "none", "sobel"]
 THRESHOLD_GRIDS: dict[str, tuple[float, ...]] = {  # searched on validation images
     "confidence": tuple(np.arange(50.0, 99.51, 0.5)),  # Q1Net's confidence, and the classifier's softmax score x 100
@@ -111,7 +114,8 @@ def run_config(row: Row, setup: Setup) -> Path:
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(folder / "checkpoints"), "save_last": True, "every_n_train_steps": 200},
-                }
+                },
+                {"class_path": "q1net.reproduce.FinalCheckpoint", "init_args": {"path": str(folder / FINAL)}},
             ],
         },
         "data": {
@@ -125,23 +129,33 @@ def run_config(row: Row, setup: Setup) -> Path:
     return path
 
 
+class FinalCheckpoint(Callback):
+    """Saves the weights a run ends with: when a time budget stops it, Lightning's `save_last` still holds
+    the last periodic checkpoint (up to `every_n_train_steps` earlier, or none at all)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+
 def train_row(row: Row, setup: Setup) -> Path:
     """Train one run to its budget. A finished run is reused; an interrupted one resumes from its last
-    checkpoint, with the time it had already spent (Lightning's Timer state is in the checkpoint)."""
+    periodic checkpoint, with the time it had already spent (Lightning's Timer state is in the checkpoint)."""
     folder = setup.out / "runs" / row.config
-    last, done = folder / "checkpoints" / "last.ckpt", folder / "done"
-    if done.is_file():
-        return last
+    last, final = folder / "checkpoints" / "last.ckpt", folder / FINAL
+    if final.is_file():
+        return final
     configs = [CONFIGS / "base.yaml", CONFIGS / f"{row.config}.yaml", run_config(row, setup)]
     command = [sys.executable, "-m", "q1net.cli", "train", *(arg for path in configs for arg in ("--config", str(path))), *setup.train_args]
     if last.is_file():
         command.append("--ckpt_path=last")
     with (folder / "train.log").open("a") as log:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    if result.returncode != 0 or not last.is_file():
+    if result.returncode != 0 or not final.is_file():
         raise RuntimeError(f"{row.name}: training failed (exit {result.returncode}); see {folder / 'train.log'}")
-    done.touch()
-    return last
+    return final
 
 
 def _filtered(scores: BlockScores, block_filter: Filter) -> BlockScores:
@@ -152,15 +166,17 @@ def _filtered(scores: BlockScores, block_filter: Filter) -> BlockScores:
     return replace(scores, evidence=evidence)
 
 
-def evaluate_q1(row: Row, checkpoint: Path, setup: Setup, val: ImageSource, test: ImageSource) -> dict[str, object]:
-    """Network-only predictions on 16 x 16 blocks; the row's threshold from the validation folder."""
+def score_q1(checkpoint: Path, setup: Setup, val: ImageSource, test: ImageSource) -> dict[str, BlockScores]:
+    """The network's block scores on every validation and test image (16 x 16 blocks, network alone)."""
     from q1net.inference import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, method="cnn", engine="torch")
-    scored = {
-        name: _filtered(score_source(predictor, source, setup.condition), row.block_filter)
-        for name, source in (("val", val), ("test", test))
-    }
+    return {name: score_source(predictor, source, setup.condition) for name, source in (("val", val), ("test", test))}
+
+
+def evaluate_q1(row: Row, raw: dict[str, BlockScores], parameters: int) -> dict[str, object]:
+    """The row's block filter on `raw` scores, its threshold grid-searched on the validation images."""
+    scored = {name: _filtered(scores, row.block_filter) for name, scores in raw.items()}
     threshold = None
     if row.block_filter != "none":
         threshold, _ = tune_tau(scored["val"], THRESHOLD_GRIDS[row.block_filter])
@@ -171,7 +187,6 @@ def evaluate_q1(row: Row, checkpoint: Path, setup: Setup, val: ImageSource, test
         start = time.perf_counter()
         patch_sobel(patches)
         seconds += time.perf_counter() - start
-    parameters = sum(p.numel() for p in predictor.net.parameters())
     return summarise(np.array(scored["test"].true), predicted, fallback) | {
         "threshold": threshold,
         "ms_per_image": 1000 * seconds,
@@ -201,16 +216,27 @@ def evaluate_peer(checkpoint: Path, setup: Setup, test: ImageSource) -> dict[str
     }
 
 
+def _parameters(checkpoint: Path) -> int:
+    from q1net.weights import load_net_file
+
+    return sum(p.numel() for p in load_net_file(checkpoint).net.parameters())
+
+
 def reproduce(setup: Setup) -> dict[str, object]:
     """Train every run the rows need, evaluate every row, write OUT/results.json and OUT/table.md."""
     setup = replace(setup, group=setup.group or f"reproduce-{datetime.now(UTC):%Y%m%d-%H%M}")
     rows = [row for row in ROWS if not setup.rows or row.name in setup.rows or row.config in setup.rows]
     val, test = FolderSource(setup.val), FolderSource(setup.test)
     torch.set_num_threads(os.cpu_count() or 1)
-    results = []
+    results, raw = [], {}  # raw: block scores per Q1 training run, shared by the rows that filter them differently
     for row in rows:
         checkpoint = train_row(row, setup)
-        figures = evaluate_q1(row, checkpoint, setup, val, test) if row.block_filter else evaluate_peer(checkpoint, setup, test)
+        if row.block_filter is None:
+            figures = evaluate_peer(checkpoint, setup, test)
+        else:
+            if row.config not in raw:
+                raw[row.config] = score_q1(checkpoint, setup, val, test)
+            figures = evaluate_q1(row, raw[row.config], _parameters(checkpoint))
         steps = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
         results.append({"row": row.name, "table": row.table, "config": row.config, "steps": steps} | figures)
         print(f"{row.name}: MAE {figures['mae']:.2f} after {steps} steps", flush=True)

@@ -107,5 +107,7 @@ def test_reproduce_trains_evaluates_and_writes_one_table(tmp_path):
     assert "| 3 | Baseline |" in table and "| 0.40 | 0.39 |" in table and "| 2 | JQE-like |" in table
     # one training run serves Q1-Regressor and Q1-Sobel (and the classifier both of its rows); runs are W&B-grouped
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["baseline", "classifier", "jqe_like", "regressor"]
-    assert all((out / "runs" / name / "done").is_file() for name in ("baseline", "jqe_like"))
+    assert all((out / "runs" / name / "final.ckpt").is_file() for name in ("baseline", "jqe_like"))
+    final = torch.load(out / "runs" / "baseline" / "final.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == report["rows"][2]["steps"]  # the evaluated weights are those the budget ended with
     assert report["group"].startswith("reproduce-") and list(tmp_path.glob("wandb/offline-run-*"))

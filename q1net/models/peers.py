@@ -14,6 +14,7 @@ the peers see coding blocks where training put them: the DataModule's
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,42 +35,35 @@ class Peer:
     input_size: int  # the paper's input side for this peer
 
 
+STEM_WIDTH = 32
+
+
+def _regressor(blocks: list[nn.Module], width: int, pool: nn.Module) -> nn.Module:
+    """A stride-2 stem, the design's blocks, a global pool and one linear output."""
+    stem = [nn.Conv2d(3, STEM_WIDTH, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*stem, *blocks, pool, nn.Flatten(), nn.Linear(width, 1))
+
+
 def _jqe_like() -> nn.Module:
     """Dilated 3x3 convolutions with max-pooling between them (Uchida et al.'s quality-map design, as a regressor)."""
-
-    def block(cin: int, cout: int, dilation: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, stride=2, padding=1),
-        nn.ReLU(inplace=True),
-        *block(32, 48, 2),
-        *block(48, 56, 4),
-        *block(56, 112, 2),
-        *block(112, 120, 1),
-        nn.AdaptiveMaxPool2d(1),
-        nn.Flatten(),
-        nn.Linear(120, 1),
-    )
+    layers = [(STEM_WIDTH, 48, 2), (48, 56, 4), (56, 112, 2), (112, 120, 1)]  # (in, out, dilation): 217 K parameters
+    blocks = [
+        module
+        for cin, cout, dilation in layers
+        for module in (nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    ]
+    return _regressor(blocks, layers[-1][1], nn.AdaptiveMaxPool2d(1))
 
 
 def _qest_like() -> nn.Module:
-    """Plain 3x3 convolutions with average pooling (Kim et al.'s Q-EST design, as a regressor)."""
-
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.AvgPool2d(2)]
-
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, stride=2, padding=1),
-        nn.ReLU(inplace=True),
-        *block(32, 56),
-        *block(56, 72),
-        *block(72, 88),
-        *block(88, 128),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(128, 1),
-    )
+    """Plain 3x3 convolutions with batch norm and average pooling (Kim et al.'s Q-EST design, as a regressor)."""
+    widths = [STEM_WIDTH, 56, 72, 88, 128]  # 213 K parameters
+    blocks = [
+        module
+        for cin, cout in itertools.pairwise(widths)
+        for module in (nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.AvgPool2d(2))
+    ]
+    return _regressor(blocks, widths[-1], nn.AdaptiveAvgPool2d(1))
 
 
 PEERS: dict[str, Peer] = {
