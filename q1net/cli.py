@@ -328,9 +328,8 @@ def load_predictor(args: argparse.Namespace, blocks: int):
 def condition_of(args: argparse.Namespace):
     from q1net.evaluate import Condition
 
-    return Condition(
-        args.quality_min, args.quality_max, args.subsampling, args.grid_offset, args.grayscale, args.seed, args.preset, args.recompress
-    )
+    names = ("quality_min", "quality_max", "subsampling", "grid_offset", "grayscale", "seed", "preset", "recompress")
+    return Condition(**{name: getattr(args, name) for name in names})
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
