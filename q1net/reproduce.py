@@ -251,7 +251,7 @@ def reproduce(setup: Setup) -> dict[str, object]:
     setup.out.mkdir(parents=True, exist_ok=True)
     (setup.out / "results.json").write_text(json.dumps(report, indent=2))
     (setup.out / "table.md").write_text(markdown(report))
-    log_to_wandb(report)
+    log_to_wandb(report, setup.out)
     return report
 
 
@@ -275,8 +275,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_to_wandb(report: dict) -> None:
-    """The table as one W&B run in the training runs' group (offline unless a key is configured)."""
+def log_to_wandb(report: dict, folder: Path) -> None:
+    """The table as one W&B run in the training runs' group (offline unless a key is configured), files under `folder`."""
     import wandb
 
     from q1net.tracking import choose_wandb_mode
@@ -289,6 +289,7 @@ def log_to_wandb(report: dict) -> None:
         job_type="reproduce-table",
         name="table",
         config={"budget_minutes": report["budget_minutes"]},
+        dir=str(folder),
     )
     run.log({"reproduction": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in report["rows"]])})
     run.finish()

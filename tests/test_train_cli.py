@@ -14,7 +14,8 @@ from q1net import Predictor
 from q1net.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+REPRODUCE_BASE = ROOT / "configs/reproduce/base.yaml"  # parsed under every reproduce row
+CONFIGS = sorted(path for path in (ROOT / "configs").rglob("*.yaml") if path != REPRODUCE_BASE)
 
 TINY = [
     "--trainer.max_steps=6",
@@ -90,7 +91,13 @@ def test_images_are_logged_to_wandb(tmp_path):
 def test_every_config_parses(config, tmp_path):
     """Every YAML resolves into a full LightningCLI config (data configs on top of the baseline)."""
     content, baseline = yaml.safe_load(config.read_text()), str(ROOT / "configs/q1net.yaml")
-    if "model" not in content:  # a data config goes on top of the baseline
+    if config.parent == REPRODUCE_BASE.parent:  # as q1net reproduce layers them: base, row, the run's own file
+        from q1net.reproduce import ROWS, Setup, run_config
+
+        row = next(row for row in ROWS if row.config == config.stem)
+        run = run_config(row, Setup("train", "val", "test", 1.0, tmp_path))
+        args = ["--config", str(REPRODUCE_BASE), "--config", str(config), "--config", str(run)]
+    elif "model" not in content:  # a data config goes on top of the baseline
         args = ["--config", baseline, "--data", str(config)]
     elif "data" not in content:  # a head variant goes on top of the baseline
         args = ["--config", baseline, "--config", str(config)]
