@@ -227,7 +227,6 @@ def reproduce(setup: Setup) -> dict[str, object]:
     setup = replace(setup, group=setup.group or f"reproduce-{datetime.now(UTC):%Y%m%d-%H%M}")
     rows = [row for row in ROWS if not setup.rows or row.name in setup.rows or row.config in setup.rows]
     val, test = FolderSource(setup.val), FolderSource(setup.test)
-    torch.set_num_threads(os.cpu_count() or 1)
     results, raw = [], {}  # raw: block scores per Q1 training run, shared by the rows that filter them differently
     for row in rows:
         checkpoint = train_row(row, setup)
