@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from q1net.data.geometry import GEOMETRY
@@ -64,9 +66,8 @@ def unclipped_blocks(pixels: np.ndarray, dy: int, dx: int) -> np.ndarray:
     rows, cols = max(0, (pixels.shape[0] - dy) // BLOCK), max(0, (pixels.shape[1] - dx) // BLOCK)
     region = pixels[dy : dy + rows * BLOCK, dx : dx + cols * BLOCK]
     clipped = (region - np.uint8(1)) >= PIXEL_MAX - 1  # 0 wraps to 255: true for 0 and 255 only
-    per_pixel = clipped[..., 0].copy() if clipped.ndim == 3 else clipped
-    for channel in range(1, clipped.shape[2] if clipped.ndim == 3 else 1):
-        per_pixel |= clipped[..., channel]
+    channels = [clipped[..., c] for c in range(clipped.shape[2])] if clipped.ndim == 3 else [clipped]
+    per_pixel = functools.reduce(np.logical_or, channels)  # any channel, one strided pass each
     per_row_of_blocks = per_pixel.reshape(rows, BLOCK, cols * BLOCK).any(axis=1)
     return per_row_of_blocks.reshape(rows, cols, BLOCK).view(np.uint64)[..., 0] == 0  # 8 flags read as one word
 
