@@ -112,7 +112,6 @@ def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None
     from q1net.data.geometry import GEOMETRY
     from q1net.images import ImageReadError
     from q1net.inference import read_input
-    from q1net.plots import heatmap_image
 
     try:
         if problem:
@@ -123,6 +122,8 @@ def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None
         result = predictor.resolve(found, source=path, return_blocks=heatmap is not None)
         row = result.as_dict() | {"path": path, "seconds": round(time.perf_counter() - start, 4)}
         if heatmap is not None:
+            from q1net.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
+
             picture = heatmap_image(
                 decoded.pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
             )

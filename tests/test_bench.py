@@ -25,7 +25,9 @@ def fake_results() -> dict:
         "machine": {"date": "2026-11-25", "cpu": "test cpu", "cores": 2, "python": "3.11", "versions": {"torch": "x"}},
         "latency": latency,
         "blocks": blocks,
-        "throughput": [{"workers": 1, "images": 12, "wall_s": 6.0, "images_per_s": 2.0, "peak_mb": 900.0}],
+        "throughput": [
+            {"workers": 1, "images": 12, "wall_s": 6.0, "start_s": 2.0, "images_per_s": 2.0, "steady_images_per_s": 2.75, "peak_mb": 900.0}
+        ],
         "training": {"data_one_stream": 3000.0, "data_workers": 2, "data_all_workers": 6000.0, "train_step": 1500.0},
         "peak_mb": {"latency": 800.0, "training": 700.0},
     }
@@ -39,7 +41,12 @@ def test_ratios_and_table():
     assert results["ratios"]["verifier_over_network"] == 0.4  # lattice 4 ms against the network's 10
     assert np.isclose(results["ratios"]["cnn_only_overhead_over_decode"], (0.001 + 0.001 + 0.01 + 0.0001) / 0.02)
     table = markdown(results)
-    assert "test cpu, 2 cores" in table and "| 12MP | jpeg |" in table and "| 16 | 256 |" in table
+    assert (
+        "test cpu, 2 cores" in table
+        and "| 12MP | jpeg |" in table
+        and "| 16 | 256 |" in table
+        and "| 1 | 12 | 6.0 | 2.0 | 2.00 | 2.75 | 900 |" in table
+    )
     assert table.count("| predict_overhead_over_decode |") == 1
 
 
