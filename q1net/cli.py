@@ -216,6 +216,9 @@ def add_method_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method", choices=METHODS, default="hybrid", help="hybrid (default): lattice verifier with the CNN; cnn: the network alone"
     )
+    parser.add_argument(
+        "--no-calibration", action="store_true", help="the network's own qualities, without the weights' tuned calibration (as published)"
+    )
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
@@ -270,9 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="folder for summary.json, confusion.png, per_quality.png")
     evaluate.add_argument("--wandb", action="store_true", help="log the summary and pictures to a W&B run (offline without a key)")
 
-    tune = commands.add_parser("tune-tau", help="grid-search tau on validation images (the paper's way)")
+    tune = commands.add_parser("tune-tau", help="grid-search tau on validation images (the paper's way), then fit the calibration")
     add_condition_arguments(tune)
     tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
+    tune.add_argument("--out", default=None, help="write tau, the calibration and the sweep as JSON here (for q1net pack --tuned)")
 
     export = commands.add_parser("export", help="export to ONNX / ExecuTorch (.pte, Vulkan or XNNPACK) and check parity")
     export.add_argument("--format", choices=("onnx", "pte"), default=None, help="one format (or --all)")
@@ -302,9 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--train-arg", action="append", default=[], help="extra `q1net train` argument for every run (repeatable)")
 
     pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
-    pack.add_argument("checkpoint", help="a training .ckpt")
+    pack.add_argument("checkpoint", help="a training .ckpt, or a .safetensors to ship again with a new tau or calibration")
     pack.add_argument("out", help="the .safetensors file to write")
-    pack.add_argument("--tau", type=float, required=True, help="confidence threshold tuned on validation images (q1net tune-tau)")
+    tuned = pack.add_mutually_exclusive_group(required=True)
+    tuned.add_argument("--tuned", default=None, help="the JSON `q1net tune-tau --out` wrote: its tau and calibration")
+    tuned.add_argument("--tau", type=float, default=None, help="a confidence threshold alone (no calibration)")
     pack.add_argument("--recipe", default=None, help="the training config, embedded in the weights' metadata")
 
     data = commands.add_parser("data", help="fetch data sets").add_subparsers(dest="dataset", required=True)
@@ -319,6 +325,7 @@ def load_predictor(args: argparse.Namespace, blocks: int):
     from q1net.inference import Predictor
 
     options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
+    options["calibrate"] = not getattr(args, "no_calibration", False)
     if getattr(args, "max_pixels", None):
         options["max_pixels"] = args.max_pixels
     if getattr(args, "engine", None):
@@ -346,7 +353,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             predictor = load_predictor(args, blocks)
             scores = score_source(predictor, source, condition, progress=sys.stderr.isatty())
             summary, predicted = summarise_methods(scores, predictor.tau, args.method)
-            rows.append({"blocks": blocks, "tau": predictor.tau, "seconds_per_image": float(np.mean(scores.seconds))} | summary)
+            rows.append(
+                {"blocks": blocks, "tau": predictor.tau, "calibrated": not predictor.calibration.is_identity}
+                | {"seconds_per_image": float(np.mean(scores.seconds))}
+                | summary
+            )
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
         return EXIT_USAGE
@@ -397,22 +408,30 @@ def log_to_wandb(report: dict, pictures: dict) -> None:
 
 def run_tune_tau(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource
-    from q1net.evaluate import score_source, tune_tau
+    from q1net.evaluate import score_source, tune_calibration, tune_tau
     from q1net.weights import WeightsError
 
     try:
-        predictor = load_predictor(args, args.blocks)
+        predictor = load_predictor(argparse.Namespace(**vars(args), no_calibration=True), args.blocks)  # tuned afresh below
         scores = score_source(predictor, FolderSource(args.root), condition_of(args), progress=sys.stderr.isatty())
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
         return EXIT_USAGE
     best, sweep = tune_tau(scores)
+    calibration, report = tune_calibration(scores, best)
+    tuned = {"tau": best, "calibration": calibration.as_dict(), "calibration_mae": report, "sweep": sweep}
+    if args.out:
+        write_atomically(Path(args.out), lambda tmp: Path(tmp).write_text(json.dumps(tuned, indent=2)))
     if args.format == "json":
-        print(json.dumps({"tau": best, "sweep": sweep}))
+        print(json.dumps(tuned))
     else:
         for row in sweep:
             print(f"tau {row['tau']:5.1f}  MAE {row['mae']:.3f}  fallback {row['fallback_fraction']:.1%}")
         print(f"best tau: {best}")
+        print(
+            f"calibration at tau {best}: CNN MAE {report['mae']:.3f} -> {report['mae_calibrated']:.3f} "
+            f"({report['mae_calibrated_held_out']:.3f} on images left out of the fit)"
+        )
     return EXIT_OK
 
 
@@ -439,7 +458,7 @@ def run_export(args: argparse.Namespace) -> int:
     failures = 0
     for target in targets:
         try:
-            row = export_target(predictor.net, target, Path(args.out), predictor.tau, images, args.blocks)
+            row = export_target(predictor.net, target, Path(args.out), predictor.tau, images, args.blocks, predictor.calibration)
         except ParityError as error:
             fail(f"parity failed: {error}")
             failures += 1
@@ -452,14 +471,22 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
+    from q1net.calibration import Calibration
     from q1net.weights import WeightsError, pack_checkpoint
 
     try:
-        write_atomically(Path(args.out), lambda tmp: pack_checkpoint(args.checkpoint, tmp, args.tau, args.recipe))
+        tuned = json.loads(Path(args.tuned).read_text()) if args.tuned else {"tau": args.tau}
+        tau, calibration = float(tuned["tau"]), Calibration.from_dict(tuned.get("calibration"))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"{args.tuned}: not a q1net tune-tau --out file ({type(error).__name__}: {error})")
+        return EXIT_USAGE
+    try:
+        write_atomically(Path(args.out), lambda tmp: pack_checkpoint(args.checkpoint, tmp, tau, args.recipe, calibration))
     except (WeightsError, OSError) as error:
         fail(str(error))
         return EXIT_USAGE
-    print(f"{args.out}: {Path(args.out).stat().st_size} bytes, tau {args.tau}")
+    calibrated = "identity" if calibration.is_identity else f"{len(calibration.knots)} knots"
+    print(f"{args.out}: {Path(args.out).stat().st_size} bytes, tau {tau}, calibration {calibrated}")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from q1net.calibration import Calibration, fit_calibration
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_encode, jpeg_roundtrip
 from q1net.data.patches import LUMA_WEIGHTS
 from q1net.data.sources import ImageSource
@@ -118,10 +119,13 @@ def score_source(predictor: Predictor, source: ImageSource, condition: Condition
 
 
 def summarise_methods(scores: BlockScores, tau: float, primary: Method) -> tuple[dict[str, object], np.ndarray]:
-    """The full summary under `primary`, the headline figures under every method, and `primary`'s predictions."""
+    """The full summary under `primary`, the headline figures under every method, and `primary`'s predictions.
+
+    A "cnn" predictor gathers no lattice evidence (Predictor._locate), so its run reports the CNN alone.
+    """
     true = np.array(scores.true)
     by_method = {}
-    for method in METHODS:
+    for method in (primary,) if primary == "cnn" else METHODS:
         predicted, fallback, by_lattice = scores.predictions(tau, method)
         summary = summarise(true, predicted, fallback) | {"decided_by_lattice": float(by_lattice.mean())}
         by_method[method] = {
@@ -160,3 +164,24 @@ def tune_tau(scores: BlockScores, grid: tuple[float, ...] = TAU_GRID) -> tuple[f
         )
     best = min(sweep, key=lambda row: (row["mae"], -row["tau"]))
     return best["tau"], sweep
+
+
+def tune_calibration(scores: BlockScores, tau: float) -> tuple[Calibration, dict[str, float]]:
+    """The calibration of the CNN-only answers at `tau`, and its MAE before, after, and on images it was not fitted to.
+
+    `scores` must hold uncalibrated qualities. The held-out figure fits once per image
+    without that image's codings (leave one image out): what to expect on new photos.
+    """
+    predicted, _, _ = scores.predictions(tau, "cnn")
+    true, names = np.array(scores.true, float), np.array(scores.names)
+    calibration = fit_calibration(predicted, true)
+    held_out = np.empty_like(predicted)
+    for name in np.unique(names):
+        mine = names == name
+        held_out[mine] = fit_calibration(predicted[~mine], true[~mine])(predicted[mine])
+    report = {
+        "mae": float(np.abs(predicted - true).mean()),
+        "mae_calibrated": float(np.abs(calibration(predicted) - true).mean()),
+        "mae_calibrated_held_out": float(np.abs(held_out - true).mean()),
+    }
+    return calibration, report

@@ -2,7 +2,8 @@
 
 Steps, each measured once per image into an `Evidence`:
 1. the coding grid's phase (q1net.grid), so cropped images are read on their grid;
-2. the CNN on n x n blocks of that grid (the published rule, below);
+2. the CNN on n x n blocks of that grid (the published rule, below), its
+   qualities read through the weights' calibration (q1net.calibration);
 3. the DCT-lattice fit (q1net.lattice) on the same grid;
 4. for JPEG files, the header's own luma table.
 `combine` then turns evidence into one answer (`method` says which evidence decided):
@@ -42,6 +43,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
+from q1net.calibration import Calibration
 from q1net.data.geometry import GEOMETRY, PatchGeometry
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 from q1net.engines import Engine, EngineName, make_engine
@@ -132,7 +134,7 @@ class Evidence:
 
     phase: GridPhase
     sample: BlockSample  # rows and cols in the image's own coordinates
-    quality: np.ndarray  # (N,) the CNN's per-block qualities
+    quality: np.ndarray  # (N,) the CNN's per-block qualities, calibrated (q1net.calibration)
     confidence: np.ndarray | None  # (N,) and confidences (None for a plain regressor)
     lattice: LatticeFit | None  # None when not computed or too few usable blocks
     header_quality: int | None  # IJG-equivalent quality of a JPEG file's own luma table
@@ -245,6 +247,7 @@ class Predictor:
         method: Method = "hybrid",
         max_pixels: int = MAX_PIXELS_DEFAULT,
         engine: EngineName = "auto",
+        calibration: Calibration | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -252,18 +255,27 @@ class Predictor:
         self.net = net.eval().to(self.device)
         self.engine = make_engine(self.net, engine, self.device)  # q1net.engines: ONNX Runtime on CPU unless told otherwise
         self.tau, self.blocks, self.method, self.max_pixels = tau, blocks, method, max_pixels
+        self.calibration = calibration or Calibration()  # identity unless the weights carry a tuned one
 
     @classmethod
-    def from_pretrained(cls, name: str = DEFAULT_PRETRAINED, *, tau: float | None = None, **kwargs: object) -> Predictor:
-        """The weights shipped inside the package (trained on real photos; docs/MODEL_CARD.md)."""
+    def from_pretrained(
+        cls, name: str = DEFAULT_PRETRAINED, *, tau: float | None = None, calibrate: bool = True, **kwargs: object
+    ) -> Predictor:
+        """The weights shipped inside the package (trained on real photos; docs/MODEL_CARD.md).
+
+        `calibrate=False` reads the network's own answers (the published method), without the weights' tuned calibration.
+        """
         loaded = load_weights(pretrained_path(name))
-        return cls(loaded.net, tau=loaded.tau if tau is None else tau, **kwargs)
+        return cls(loaded.net, tau=loaded.tau if tau is None else tau, calibration=loaded.calibration if calibrate else None, **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], *, tau: float | None = None, **kwargs: object) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], *, tau: float | None = None, calibrate: bool = True, **kwargs: object
+    ) -> Predictor:
         """A Lightning training checkpoint (.ckpt) or a safetensors file written by q1net."""
         loaded = load_net_file(path)
-        return cls(loaded.net, tau=(loaded.tau or TAU_DEFAULT) if tau is None else tau, **kwargs)
+        tau = (loaded.tau or TAU_DEFAULT) if tau is None else tau
+        return cls(loaded.net, tau=tau, calibration=loaded.calibration if calibrate else None, **kwargs)
 
     def predict(self, image: ImageInput, return_blocks: bool = False, show_table: bool = False) -> Prediction:
         """One image: a path, a PIL image or an (H, W[, C]) uint8/uint16 array."""
@@ -283,6 +295,7 @@ class Predictor:
             located = [self._locate(image.pixels, estimate_table) for image in images]
             samples = [self._sample(image.pixels, phase) for image, (phase, _) in zip(images, located, strict=True)]
             quality, confidence = score_patches(self.net, self.engine, np.concatenate([s.patches for s in samples]))
+        quality = self.calibration(quality)  # per block: the median of calibrated blocks is the calibrated median
         bounds = np.cumsum([0] + [len(s.patches) for s in samples])
         evidence = []
         for image, (phase, lattice), sample, a, b in zip(images, located, samples, bounds[:-1], bounds[1:], strict=True):

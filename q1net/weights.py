@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from q1net import __version__
+from q1net.calibration import Calibration
 from q1net.data.geometry import GEOMETRY
 from q1net.models.q1net import Q1NetConfig, Q1Network
 
@@ -35,11 +36,16 @@ class WeightsError(Exception):
 @dataclass
 class LoadedNet:
     net: Q1Network
-    meta: dict = field(default_factory=dict)  # net config, geometry, tau, version, recipe, metrics
+    meta: dict = field(default_factory=dict)  # net config, geometry, tau, calibration, version, recipe, metrics
 
     @property
     def tau(self) -> float | None:
         return self.meta.get("tau")
+
+    @property
+    def calibration(self) -> Calibration:
+        """The tuned quality map (q1net.calibration); the identity for checkpoints and older weights."""
+        return Calibration.from_dict(self.meta.get("calibration"))
 
 
 def _check_geometry(path: str | os.PathLike[str], geometry: dict | None) -> None:
@@ -91,6 +97,10 @@ def load_weights(path: str | os.PathLike[str]) -> LoadedNet:
     meta = json.loads(metadata["q1net"])
     _check_geometry(path, meta.get("geometry"))
     _check_version(path, meta.get("q1net_version"))
+    try:
+        Calibration.from_dict(meta.get("calibration"))
+    except ValueError as error:
+        raise WeightsError(f"{os.fsdecode(path)}: {error}") from None
     return LoadedNet(_build(path, meta["net"], state_dict), meta)
 
 
@@ -127,11 +137,26 @@ def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path:
     return Path(str(resources.files("q1net") / "weights_data" / PRETRAINED[name]))
 
 
-def pack_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], tau: float, recipe: str | None = None) -> dict:
-    """Turn a training checkpoint into a shippable safetensors file with tau and the recipe in its metadata."""
-    loaded = load_checkpoint(checkpoint)
-    meta = {"tau": tau, "global_step": loaded.meta.get("global_step"), "trained_with": loaded.meta.get("version")}
+def pack_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    tau: float,
+    recipe: str | None = None,
+    calibration: Calibration | None = None,
+) -> dict:
+    """A shippable safetensors file with tau, the calibration and the recipe in its metadata.
+
+    `checkpoint` is a training checkpoint, or weights packed before (to ship them with a
+    new tau or calibration: their step, training version and recipe are kept).
+    """
+    loaded = load_net_file(checkpoint)
+    earlier = loaded.meta
+    meta = {"tau": tau, "global_step": earlier.get("global_step"), "trained_with": earlier.get("trained_with", earlier.get("version"))}
+    if calibration is not None and not calibration.is_identity:
+        meta["calibration"] = calibration.as_dict()
     if recipe is not None:
         meta["recipe"] = {"config": os.fsdecode(recipe), "text": Path(recipe).read_text()}
+    elif "recipe" in earlier:
+        meta["recipe"] = earlier["recipe"]
     save_weights(loaded.net, out, meta)
     return meta

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from q1net.calibration import Calibration
 from q1net.data.sources import SyntheticSource
 from q1net.export.formats import export_onnx, export_pte
 from q1net.export.mosaic import MosaicQ1Net, from_mosaic, to_mosaic
@@ -92,10 +93,12 @@ def test_onnx_is_one_checked_file_with_dynamic_batch_and_metadata(tmp_path):
 
 @pytest.mark.parametrize("target", [Target("onnx"), Target("pte", "xnnpack"), Target("pte", "vulkan")], ids=lambda t: t.name)
 def test_export_target_passes_parity(tmp_path, images, target):
-    row = export_target(trained_like(), target, tmp_path, 96.0, images, blocks=2)
+    calibration = Calibration((0.0, 50.0, 100.0), (0.0, 45.0, 100.0))
+    row = export_target(trained_like(), target, tmp_path, 96.0, images, blocks=2, calibration=calibration)
     assert row["max_abs_diff"] <= 1e-4 and row["image_answer_diff"] <= 1e-3  # 0..1 scale
     meta = json.loads((tmp_path / f"{target.name}.json").read_text())
     assert meta["parity"]["max_abs_diff"] == row["max_abs_diff"] and meta["output_order"] == ["confidence", "quality"]
+    assert Calibration.from_dict(meta["calibration"]) == calibration and "calibration" in meta["postprocess"]
     if target.backend == "vulkan":
         assert (tmp_path / target.name.replace(".pte", ".bpte")).stat().st_size > 0
         assert any("not run here" in note for note in row["notes"])

@@ -185,6 +185,16 @@ def test_evaluate_block_sweep_and_tune_tau(weights, images):
     assert result["tau"] == min(result["sweep"], key=lambda r: (r["mae"], -r["tau"]))["tau"]
 
 
+def test_a_cnn_only_evaluation_reports_the_cnn_alone(weights, images):
+    result = q1net(
+        "evaluate", images, "--checkpoint", weights, "--quality-min", "40", "--quality-max", "40", "--blocks", "2",
+        "--method", "cnn", "--no-calibration", "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)["results"]
+    assert set(row["by_method"]) == {"cnn"} and row["calibrated"] is False  # no lattice was gathered to report
+
+
 def test_evaluate_logs_to_an_offline_wandb_run(weights, images, tmp_path):
     result = q1net(
         "evaluate", images, "--checkpoint", weights, "--quality-min", "60", "--quality-max", "60", "--blocks", "2", "--wandb", cwd=tmp_path

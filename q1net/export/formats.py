@@ -46,7 +46,8 @@ def metadata(net: Q1Network, tau: float | None, layout: dict, extra: dict | None
         "output_order": output_names(net),
         "tau": tau,
         "postprocess": "keep blocks whose confidence is strictly above tau; answer the median of their qualities; "
-        "if none passes, the median quality of the most confident quarter of the blocks, flagged low-confidence",
+        "if none passes, the median quality of the most confident quarter of the blocks, flagged low-confidence; "
+        "then, when this file has a `calibration`, read the answer through it: np.interp(answer, knots, values)",
         "versions": {name: version(name) for name in ("torch", "executorch", "onnx", "onnxruntime")},
     } | (extra or {})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from q1net.calibration import Calibration
 from q1net.export.formats import export_onnx, export_pte, lower, write_metadata, write_pte
 from q1net.export.mosaic import MosaicQ1Net
 from q1net.export.parity import (
@@ -57,7 +58,9 @@ def _median_ms(run, batch: torch.Tensor) -> float:
     return 1000 * float(np.median(times))
 
 
-def export_target(net: Q1Network, target: Target, out_dir: Path, tau: float, images: list[np.ndarray], blocks: int) -> dict:
+def export_target(
+    net: Q1Network, target: Target, out_dir: Path, tau: float, images: list[np.ndarray], blocks: int, calibration: Calibration | None = None
+) -> dict:
     """Export `target` into `out_dir`, check parity, and return its table row. Raises ParityError on a mismatch."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / target.name
@@ -92,7 +95,8 @@ def export_target(net: Q1Network, target: Target, out_dir: Path, tau: float, ima
         ms = float("nan")
     row = _row(target, path, report, notes, ms, true)
     meta_path = path.with_suffix(path.suffix + ".json")
-    write_metadata(path, json.loads(meta_path.read_text()) | {"parity": row})
+    calibrated = {} if calibration is None or calibration.is_identity else {"calibration": calibration.as_dict()}
+    write_metadata(path, json.loads(meta_path.read_text()) | calibrated | {"parity": row})
     if not report.passed:
         raise ParityError(f"{path.name}: max |diff| {report.max_abs_diff:.3g} over the tolerance {report.tolerance:g} ({report.runtime})")
     return row
