@@ -1,8 +1,9 @@
 """Where the network runs: PyTorch or ONNX Runtime, picked for speed, same answers.
 
 On this project's 2-core CPU, ONNX Runtime runs a 256-block batch faster than
-PyTorch eager (about 19 against 27-36 ms; `make bench` measures it on yours),
-with outputs equal to 1e-4 on the 0..100 scale. "auto" therefore uses ONNX Runtime on CPU
+PyTorch eager (about 19-22 against 27-42 ms; `make bench` measures it on yours),
+with outputs equal within 1e-3 on the 0..100 scale, 1e-5 of the sigmoid's range
+(3.4e-4 at most on a 2 MP photo's blocks). "auto" therefore uses ONNX Runtime on CPU
 and PyTorch on a GPU. The ONNX file is exported once per set of weights and
 kept in a cache folder (Q1NET_CACHE, else $XDG_CACHE_HOME/q1net, else
 ~/.cache/q1net), named by a hash of the weights, written atomically so that
