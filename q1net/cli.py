@@ -412,7 +412,8 @@ def run_tune_tau(args: argparse.Namespace) -> int:
     from q1net.weights import WeightsError
 
     try:
-        predictor = load_predictor(argparse.Namespace(**vars(args), no_calibration=True), args.blocks)  # tuned afresh below
+        raw_cnn = argparse.Namespace(**vars(args), no_calibration=True, method="cnn")  # tau and the calibration are tuned afresh below
+        predictor = load_predictor(raw_cnn, args.blocks)
         scores = score_source(predictor, FolderSource(args.root), condition_of(args), progress=sys.stderr.isatty())
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
