@@ -7,11 +7,11 @@ knots every KNOT_STEP levels, fitted for least absolute error on validation
 images' answers and pulled toward the identity where they are few, removes it.
 
 The map is non-decreasing, so applying it to every block before the median is
-applying it to the median (exactly for an odd count of voting blocks, to the
-map's slope between the two middle blocks otherwise): the tau rule, the
-per-block heatmaps and the image's answer all read the same calibrated scale,
-and an app using an exported network applies it to its median (the export's
-metadata carries it).
+applying it to the median (exactly for an odd count of voting blocks; for an
+even count, wherever the map is straight between the two middle ones): the tau
+rule, the per-block heatmaps and the image's answer all read the same
+calibrated scale, and an app using an exported network applies it to its
+median (the export's metadata carries it).
 """
 
 from __future__ import annotations
