@@ -408,7 +408,7 @@ def log_to_wandb(report: dict, pictures: dict) -> None:
 
 def run_tune_tau(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource
-    from q1net.evaluate import score_source, tune_calibrated
+    from q1net.evaluate import score_source, tune_calibration, tune_tau
     from q1net.weights import WeightsError
 
     try:
@@ -418,23 +418,20 @@ def run_tune_tau(args: argparse.Namespace) -> int:
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
         return EXIT_USAGE
-    tuning = tune_calibrated(scores)
-    tuned = tuning.as_dict()
+    best, sweep = tune_tau(scores)
+    calibration, report = tune_calibration(scores, best)
+    tuned = {"tau": best, "calibration": calibration.as_dict(), "calibration_mae": report, "sweep": sweep}
     if args.out:
         write_atomically(Path(args.out), lambda tmp: Path(tmp).write_text(json.dumps(tuned, indent=2)))
     if args.format == "json":
         print(json.dumps(tuned))
     else:
-        for row in tuning.sweep:
-            print(
-                f"tau {row['tau']:5.1f}  MAE {row['mae']:.3f}  calibrated, held out {row['mae_calibrated_held_out']:.3f}  "
-                f"fallback {row['fallback_fraction']:.1%}"
-            )
-        figures = tuned["calibration_mae"]
-        print(f"best tau: {tuning.tau} (the paper's rule, lowest uncalibrated MAE: {tuning.tau_uncalibrated})")
+        for row in sweep:
+            print(f"tau {row['tau']:5.1f}  MAE {row['mae']:.3f}  fallback {row['fallback_fraction']:.1%}")
+        print(f"best tau: {best}")
         print(
-            f"calibration at tau {tuning.tau}: CNN MAE {figures['mae']:.3f} -> {figures['mae_calibrated']:.3f} "
-            f"({figures['mae_calibrated_held_out']:.3f} on images left out of the fit)"
+            f"calibration at tau {best}: CNN MAE {report['mae']:.3f} -> {report['mae_calibrated']:.3f} "
+            f"({report['mae_calibrated_held_out']:.3f} on images left out of the fit)"
         )
     return EXIT_OK
 

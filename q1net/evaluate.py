@@ -166,55 +166,22 @@ def tune_tau(scores: BlockScores, grid: tuple[float, ...] = TAU_GRID) -> tuple[f
     return best["tau"], sweep
 
 
-def calibrated_held_out(predicted: np.ndarray, true: np.ndarray, names: np.ndarray) -> np.ndarray:
-    """Each image's answers read through a calibration fitted without that image's codings: what new photos will see."""
+def tune_calibration(scores: BlockScores, tau: float) -> tuple[Calibration, dict[str, float]]:
+    """The calibration of the CNN-only answers at `tau`, and its MAE before, after, and on images it was not fitted to.
+
+    `scores` must hold uncalibrated qualities. The held-out figure fits once per image
+    without that image's codings (leave one image out): what to expect on new photos.
+    """
+    predicted, _, _ = scores.predictions(tau, "cnn")
+    true, names = np.array(scores.true, float), np.array(scores.names)
+    calibration = fit_calibration(predicted, true)
     held_out = np.empty_like(predicted)
     for name in np.unique(names):
         mine = names == name
         held_out[mine] = fit_calibration(predicted[~mine], true[~mine])(predicted[mine])
-    return held_out
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """What `q1net tune-tau` found: written as JSON for `q1net pack --tuned`."""
-
-    tau: float
-    tau_uncalibrated: float  # the paper's rule (`tune_tau`), for comparison
-    calibration: Calibration
-    mae_calibrated: float  # at tau, on the images the calibration was fitted to
-    sweep: list[dict[str, float]]
-
-    def as_dict(self) -> dict[str, object]:
-        chosen = next(row for row in self.sweep if row["tau"] == self.tau)
-        figures = {
-            "mae": chosen["mae"],
-            "mae_calibrated": self.mae_calibrated,
-            "mae_calibrated_held_out": chosen["mae_calibrated_held_out"],
-        }
-        return {
-            "tau": self.tau,
-            "tau_uncalibrated": self.tau_uncalibrated,
-            "calibration": self.calibration.as_dict(),
-            "calibration_mae": figures,
-            "sweep": self.sweep,
-        }
-
-
-def tune_calibrated(scores: BlockScores, grid: tuple[float, ...] = TAU_GRID) -> Tuning:
-    """tau and the calibration for the calibrated CNN answer the product gives, and the sweep.
-
-    `scores` must hold uncalibrated qualities. tau is the one whose calibrated answers err least
-    on images left out of the fit (not the paper's rule, `tune_tau`: its lowest uncalibrated MAE
-    can sit at the edge of a drop that calibration would not have); the calibration is then
-    fitted on every image at that tau. The sweep has both criteria.
-    """
-    true, names = np.array(scores.true, float), np.array(scores.names)
-    tau_uncalibrated, sweep = tune_tau(scores, grid)
-    for row in sweep:
-        predicted, _, _ = scores.predictions(row["tau"], "cnn")
-        row["mae_calibrated_held_out"] = float(np.abs(calibrated_held_out(predicted, true, names) - true).mean())
-    tau = min(sweep, key=lambda row: (row["mae_calibrated_held_out"], -row["tau"]))["tau"]
-    predicted, _, _ = scores.predictions(tau, "cnn")
-    calibration = fit_calibration(predicted, true)
-    return Tuning(tau, tau_uncalibrated, calibration, float(np.abs(calibration(predicted) - true).mean()), sweep)
+    report = {
+        "mae": float(np.abs(predicted - true).mean()),
+        "mae_calibrated": float(np.abs(calibration(predicted) - true).mean()),
+        "mae_calibrated_held_out": float(np.abs(held_out - true).mean()),
+    }
+    return calibration, report
