@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="folder for summary.json, confusion.png, per_quality.png")
     evaluate.add_argument("--wandb", action="store_true", help="log the summary and pictures to a W&B run (offline without a key)")
 
-    tune = commands.add_parser("tune-tau", help="fit the CNN's calibration and the tau for it on validation images (the paper's tau too)")
+    tune = commands.add_parser("tune-tau", help="grid-search tau on validation images (the paper's way), then fit the calibration at it")
     add_condition_arguments(tune)
     tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
     tune.add_argument("--out", default=None, help="write tau, the calibration and the sweep as JSON here (for q1net pack --tuned)")
