@@ -353,9 +353,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             predictor = load_predictor(args, blocks)
             scores = score_source(predictor, source, condition, progress=sys.stderr.isatty())
             summary, predicted = summarise_methods(scores, predictor.tau, args.method)
+            calibrated = not predictor.calibration.is_identity
             rows.append(
-                {"blocks": blocks, "tau": predictor.tau, "calibrated": not predictor.calibration.is_identity}
-                | {"seconds_per_image": float(np.mean(scores.seconds))}
+                {"blocks": blocks, "tau": predictor.tau, "calibrated": calibrated, "seconds_per_image": float(np.mean(scores.seconds))}
                 | summary
             )
     except (WeightsError, FileNotFoundError, ValueError) as error:
