@@ -7,7 +7,7 @@ __all__ = ["Prediction", "Predictor", "__version__"]
 def __getattr__(name: str) -> object:
     # lazy, so `import q1net` (and the CLI's --help) does not pay for torch
     if name in ("Predictor", "Prediction"):
-        from q1net import inference
+        from q1net.predictor import inference
 
         return getattr(inference, name)
     raise AttributeError(f"module 'q1net' has no attribute {name!r}")

@@ -43,7 +43,7 @@ def write_atomically(path: Path, save: object) -> None:
 
 def expand_inputs(paths: list[str]) -> Iterator[tuple[str, str | None]]:
     """(path, problem) for every file named or found below a named folder; problem is None for usable ones."""
-    from q1net.images import find_images
+    from q1net.predictor.images import find_images
 
     for name in paths:
         if os.path.isdir(name):
@@ -110,8 +110,8 @@ def heatmap_name(folder: Path, stem: str, taken: set[Path]) -> Path:
 def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None, show_table: bool) -> tuple[dict | None, str | None]:
     """One input's row, or the one-line error naming it; never raises for a bad input."""
     from q1net.data.geometry import GEOMETRY
-    from q1net.images import ImageReadError
-    from q1net.inference import read_input
+    from q1net.predictor.images import ImageReadError
+    from q1net.predictor.inference import read_input
 
     try:
         if problem:
@@ -122,7 +122,7 @@ def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None
         result = predictor.resolve(found, source=path, return_blocks=heatmap is not None)
         row = result.as_dict() | {"path": path, "seconds": round(time.perf_counter() - start, 4)}
         if heatmap is not None:
-            from q1net.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
+            from q1net.tools.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
 
             picture = heatmap_image(
                 decoded.pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
@@ -154,7 +154,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from q1net.weights import WeightsError
+    from q1net.predictor.weights import WeightsError
 
     inputs = list(expand_inputs(args.paths))
     heatmaps = Path(args.heatmap) if args.heatmap else None
@@ -211,7 +211,7 @@ def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_method_argument(parser: argparse.ArgumentParser) -> None:
-    from q1net.inference import METHODS
+    from q1net.predictor.inference import METHODS
 
     parser.add_argument(
         "--method", choices=METHODS, default="hybrid", help="hybrid (default): lattice verifier with the CNN; cnn: the network alone"
@@ -222,7 +222,7 @@ def add_method_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    from q1net.engines import ENGINES
+    from q1net.predictor.engines import ENGINES
 
     parser.add_argument(
         "--engine", choices=ENGINES, default="auto", help="auto (default): ONNX Runtime on CPU, PyTorch on GPU; or force one"
@@ -305,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--group", default="", help="W&B group of the runs (default reproduce-DATE)")
     reproduce.add_argument("--train-arg", action="append", default=[], help="extra `q1net train` argument for every run (repeatable)")
 
+    study = commands.add_parser("study", help="the training study: candidate recipes trained alike, their learning curves plotted")
+    study.add_argument("--runs", default="", help="comma list of candidates, configs/study/<name>.yaml or base (default all)")
+    study.add_argument("--patches", type=positive_int, default=409_600, help="training patches per run (default 409,600)")
+    study.add_argument("--evals", type=positive_int, default=8, help="validations per run (default 8)")
+    study.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default 1)")
+    study.add_argument("--out", default="runs/study", help="the runs' folders (default runs/study)")
+    study.add_argument("--report", default="docs/training", help="curves.png, results.md and results.json go here")
+    study.add_argument("--report-only", action="store_true", help="train nothing; plot the runs that have logs")
+
     pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
     pack.add_argument("checkpoint", help="a training .ckpt, or a .safetensors to ship again with a new tau or calibration")
     pack.add_argument("out", help="the .safetensors file to write")
@@ -322,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(args: argparse.Namespace, blocks: int):
-    from q1net.inference import Predictor
+    from q1net.predictor.inference import Predictor
 
     options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
     options["calibrate"] = not getattr(args, "no_calibration", False)
@@ -334,7 +343,7 @@ def load_predictor(args: argparse.Namespace, blocks: int):
 
 
 def condition_of(args: argparse.Namespace):
-    from q1net.evaluate import Condition
+    from q1net.tools.evaluate import Condition
 
     names = ("quality_min", "quality_max", "subsampling", "grid_offset", "grayscale", "seed", "preset", "recompress")
     return Condition(**{name: getattr(args, name) for name in names})
@@ -342,9 +351,9 @@ def condition_of(args: argparse.Namespace):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource
-    from q1net.evaluate import score_source, summarise_methods
-    from q1net.plots import confusion_image, confusion_matrix, error_by_quality_image
-    from q1net.weights import WeightsError
+    from q1net.predictor.weights import WeightsError
+    from q1net.tools.evaluate import score_source, summarise_methods
+    from q1net.tools.plots import confusion_image, confusion_matrix, error_by_quality_image
 
     try:
         source, condition = FolderSource(args.root), condition_of(args)
@@ -408,8 +417,8 @@ def log_to_wandb(report: dict, pictures: dict) -> None:
 
 def run_tune_tau(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource
-    from q1net.evaluate import score_source, tune_calibration, tune_tau
-    from q1net.weights import WeightsError
+    from q1net.predictor.weights import WeightsError
+    from q1net.tools.evaluate import score_source, tune_calibration, tune_tau
 
     try:
         raw_cnn = argparse.Namespace(**vars(args), no_calibration=True, method="cnn")  # tau and the calibration are tuned afresh below
@@ -440,7 +449,7 @@ def run_export(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource, SyntheticSource
     from q1net.export.parity import ParityError
     from q1net.export.run import ALL_TARGETS, Target, export_target
-    from q1net.weights import WeightsError
+    from q1net.predictor.weights import WeightsError
 
     if not args.all and args.format is None:
         fail("export: give --format onnx|pte or --all")
@@ -471,9 +480,31 @@ def run_export(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
+def run_study(args: argparse.Namespace) -> int:
+    from q1net.tools.study import CANDIDATES, Setup, report
+    from q1net.tools.study import run_study as train_candidates
+
+    names = tuple(name.strip() for name in args.runs.split(",") if name.strip()) or CANDIDATES
+    unknown = set(names) - set(CANDIDATES)
+    if unknown:
+        fail(f"unknown study candidates: {', '.join(sorted(unknown))}; known: {', '.join(CANDIDATES)}")
+        return EXIT_USAGE
+    setup = Setup(Path(args.out), args.patches, args.evals, args.threads, names)
+    try:
+        if not args.report_only:
+            train_candidates(setup)
+    except RuntimeError as error:
+        fail(str(error))
+        return EXIT_SOME_FAILED
+    print(
+        (Path(args.report) / "results.md").read_text() if report(setup, Path(args.report))["runs"] else "no study run has logs yet", end=""
+    )
+    return EXIT_OK
+
+
 def run_pack(args: argparse.Namespace) -> int:
-    from q1net.calibration import Calibration
-    from q1net.weights import WeightsError, pack_checkpoint
+    from q1net.predictor.calibration import Calibration
+    from q1net.predictor.weights import WeightsError, pack_checkpoint
 
     try:
         tuned = json.loads(Path(args.tuned).read_text()) if args.tuned else {"tau": args.tau}
@@ -504,15 +535,15 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from q1net.bench import markdown
-    from q1net.bench import run_bench as bench
+    from q1net.tools.bench import markdown
+    from q1net.tools.bench import run_bench as bench
 
     print(markdown(bench(Path(args.out), args.workers)), end="")
     return EXIT_OK
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from q1net.reproduce import ROWS, Setup, reproduce
+    from q1net.tools.reproduce import ROWS, Setup, reproduce
 
     rows = tuple(name.strip() for name in args.rows.split(",") if name.strip())
     unknown = set(rows) - {row.name for row in ROWS} - {row.config for row in ROWS}
@@ -551,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "pack": run_pack,
         "bench": run_bench,
         "reproduce": run_reproduce,
+        "study": run_study,
         "data": run_data,
     }
     return commands[args.command](args)

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from q1net.bench import ENGINES, markdown, paired_ratio, ratios, stage_times, timed, timed_in_turn
-from q1net.engines import make_engine
-from q1net.inference import Predictor
+from q1net.predictor.engines import make_engine
+from q1net.predictor.inference import Predictor
+from q1net.tools.bench import ENGINES, markdown, paired_ratio, ratios, stage_times, timed, timed_in_turn
 
 
 def test_stage_times_cover_every_stage(photo):

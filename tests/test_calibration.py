@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from q1net import Predictor
-from q1net.calibration import Calibration, fit_calibration
-from q1net.inference import decide
 from q1net.models.q1net import create_model
-from q1net.weights import WeightsError, load_weights, pack_checkpoint, save_weights
+from q1net.predictor.calibration import Calibration, fit_calibration
+from q1net.predictor.inference import decide
+from q1net.predictor.weights import WeightsError, load_weights, pack_checkpoint, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTED = Calibration((0.0, 50.0, 100.0), (0.0, 40.0, 100.0))  # reads 50 as 40: far from the identity, easy to check

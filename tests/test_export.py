@@ -7,13 +7,13 @@ import onnx
 import pytest
 import torch
 
-from q1net.calibration import Calibration
 from q1net.data.sources import SyntheticSource
 from q1net.export.formats import export_onnx, export_pte
 from q1net.export.mosaic import MosaicQ1Net, from_mosaic, to_mosaic
 from q1net.export.parity import ParityError
 from q1net.export.run import Target, export_target
 from q1net.models.q1net import create_model
+from q1net.predictor.calibration import Calibration
 
 
 def trained_like(name="q1net_baseline", **kwargs):
@@ -128,7 +128,7 @@ def test_cli_export_prints_the_table_and_refuses_missing_format(tmp_path):
     import sys
     from pathlib import Path
 
-    from q1net.weights import save_weights
+    from q1net.predictor.weights import save_weights
 
     root = Path(__file__).resolve().parents[1]
     weights = tmp_path / "w.safetensors"

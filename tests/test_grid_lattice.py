@@ -9,12 +9,12 @@ from PIL import Image, JpegPresets
 
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
-from q1net.dct import BLOCK, unclipped_blocks
-from q1net.grid import detect_grid
-from q1net.images import read_image
-from q1net.inference import AGREE_LEVELS, Verdict, combine
-from q1net.lattice import TIE_NATS, LatticeFit, estimate_table, fit_lattice, ijg_table_scores, lattice_coefficients
-from q1net.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
+from q1net.forensics.dct import BLOCK, unclipped_blocks
+from q1net.forensics.grid import detect_grid
+from q1net.forensics.lattice import TIE_NATS, LatticeFit, estimate_table, fit_lattice, ijg_table_scores, lattice_coefficients
+from q1net.forensics.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
+from q1net.predictor.images import read_image
+from q1net.predictor.inference import AGREE_LEVELS, Verdict, combine
 
 
 @pytest.fixture(scope="module")

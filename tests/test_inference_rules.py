@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from q1net.inference import decide, sample_blocks
+from q1net.predictor.inference import decide, sample_blocks
 
 
 def test_tau_is_strict_and_the_answer_is_the_median_of_the_kept():

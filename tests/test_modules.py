@@ -67,7 +67,7 @@ def test_classifier_refuses_a_curriculum_that_does_not_end_at_100():
 
 
 def test_init_weights_starts_from_a_trained_net_of_the_same_shape(tmp_path):
-    from q1net.weights import WeightsError, save_weights
+    from q1net.predictor.weights import WeightsError, save_weights
 
     torch.manual_seed(1)
     trained = Q1Net(k=4)

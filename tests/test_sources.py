@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from q1net.data.sources import FolderSource, SyntheticSource
-from q1net.images import ImageReadError, load_rgb, to_rgb_array
+from q1net.predictor.images import ImageReadError, load_rgb, to_rgb_array
 
 
 def test_folder_source_is_recursive_sorted_and_warns_about_jpeg(tmp_path):
@@ -56,3 +56,19 @@ def test_load_rgb_names_the_file_and_the_problem(tmp_path):
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(ImageReadError, match="pixel limit"):
         load_rgb(tmp_path / "big.png", max_pixels=5000)
+
+
+def test_every_nth_image_and_concatenated_sources(tmp_path):
+    from q1net.data.sources import ConcatSource
+
+    for index in range(5):
+        Image.fromarray(np.full((20, 20, 3), index, np.uint8)).save(tmp_path / f"{index}.png")
+    half = FolderSource(str(tmp_path), every=2)
+    assert [half.name(i) for i in range(len(half))] == ["0.png", "2.png", "4.png"]
+    mixed = ConcatSource([half, SyntheticSource(count=2, size=32, seed=0)])
+    assert len(mixed) == 5 and mixed.name(3) == "dead_leaves_0_00000" and mixed.load(1)[0, 0, 0] == 2
+    np.testing.assert_array_equal(mixed.load(4), SyntheticSource(count=2, size=32, seed=0).load(1))
+    with pytest.raises(IndexError):
+        mixed.load(5)
+    with pytest.raises(ValueError, match="at least 1"):
+        FolderSource(str(tmp_path), every=0)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from q1net import Predictor
-from q1net.weights import load_weights
+from q1net.predictor.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 REPRODUCE_BASE = ROOT / "configs/reproduce/base.yaml"  # parsed under every reproduce row
@@ -91,8 +91,13 @@ def test_images_are_logged_to_wandb(tmp_path):
 def test_every_config_parses(config, tmp_path):
     """Every YAML resolves into a full LightningCLI config (data configs on top of the baseline)."""
     content, baseline = yaml.safe_load(config.read_text()), str(ROOT / "configs/q1net.yaml")
-    if config.parent == REPRODUCE_BASE.parent:  # as q1net reproduce layers them: base, row, the run's own file
-        from q1net.reproduce import ROWS, Setup, run_config
+    if config.parent.name == "study":  # as q1net study layers them: base, candidate, the run's own file
+        from q1net.tools.study import Setup, run_config
+
+        setup = Setup(tmp_path)
+        args = [arg for path in (*setup.candidate_configs(config.stem), run_config(config.stem, setup)) for arg in ("--config", str(path))]
+    elif config.parent == REPRODUCE_BASE.parent:  # as q1net reproduce layers them: base, row, the run's own file
+        from q1net.tools.reproduce import ROWS, Setup, run_config
 
         row = next(row for row in ROWS if row.config == config.stem)
         run = run_config(row, Setup("train", "val", "test", 1.0, tmp_path))

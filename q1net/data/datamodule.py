@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -12,10 +12,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_roundtrip
-from q1net.data.patches import PatchBatch, PatchSampler
+from q1net.data.patches import PatchBatch, PatchSampler, smooth_image
 from q1net.data.sources import ImageSource
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+VAL_CROP, VAL_PATCHES_PER_CROP = 64, 16  # validation patches are cut the same way whatever the training crops
+SOLID_VAL_COLOURS = 16  # solid-colour validation patches: this many colours at each validation image quality
 
 
 def _as_tensors(batch: PatchBatch) -> Batch:
@@ -81,7 +83,8 @@ class PatchDataModule(LightningDataModule):
     A resumed run continues the stream from a new offset instead of repeating it.
     With `quality_warmup_steps`, the first steps draw qualities only from the
     `quality_warmup_band` lowest and highest levels, widening to the full range
-    (PatchSampler.draw_quality says why). `crop_input` makes every sample one
+    (PatchSampler.draw_quality says why). `smooth_share` of the training crops are
+    solid colours and gentle gradients (PatchSampler). `crop_input` makes every sample one
     whole `crop_size` crop instead of patches (the Table 2 peers; set
     patches_per_crop to 1).
     """
@@ -98,6 +101,7 @@ class PatchDataModule(LightningDataModule):
         subsampling: Subsampling = "4:2:0",
         all_shifts: bool = True,
         min_sobel: float = 0.0,
+        smooth_share: float = 0.0,
         crop_input: bool = False,
         quality_warmup_steps: int = 0,
         quality_warmup_band: int = 5,
@@ -112,7 +116,17 @@ class PatchDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["train_source", "val_source"])
         self.train_source, self.val_source = train_source, val_source
-        self.sampler = PatchSampler(crop_size, patches_per_crop, quality_min, quality_max, subsampling, all_shifts, min_sobel, crop_input)
+        self.sampler = PatchSampler(
+            crop_size=crop_size,
+            patches_per_crop=patches_per_crop,
+            quality_min=quality_min,
+            quality_max=quality_max,
+            subsampling=subsampling,
+            all_shifts=all_shifts,
+            min_sobel=min_sobel,
+            whole_crop=crop_input,
+            smooth_share=smooth_share,
+        )
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         levels = quality_max - quality_min + 1
         self.warmup = QualityWarmup(quality_warmup_steps, quality_warmup_band, levels) if quality_warmup_steps else None
@@ -122,6 +136,7 @@ class PatchDataModule(LightningDataModule):
         self.train_images: list[np.ndarray] = []
         self.val_set: Batch | None = None
         self.image_val_set: list[tuple[np.ndarray, int]] = []
+        self.solid_val_set: torch.Tensor | None = None  # (N, 3, P, P) coded solid colours: no block of them should vote
         self._stream_offset = 0
 
     def setup(self, stage: str | None = None) -> None:
@@ -133,11 +148,20 @@ class PatchDataModule(LightningDataModule):
     def _build_validation(self) -> None:
         rng = np.random.default_rng(self.val_seed)
         images = [self.val_source.load(i) for i in range(len(self.val_source))]
-        self.val_set = _as_tensors(self.sampler.batch(images, self.val_patches, rng))
+        # fixed crops and no smooth content: runs with other crop or smooth settings validate on the same patches
+        sampler = replace(self.sampler, smooth_share=0.0)
+        if not sampler.whole_crop:  # the Table 2 peers' samples are whole crops of their own size
+            sampler = replace(sampler, crop_size=VAL_CROP, patches_per_crop=VAL_PATCHES_PER_CROP)
+        self.val_set = _as_tensors(sampler.batch(images, self.val_patches, rng))
         qualities = np.unique(np.linspace(self.sampler.quality_min, self.sampler.quality_max, self.val_image_qualities).round().astype(int))
+        solid = [smooth_image(rng, VAL_CROP, solid=True) for _ in range(SOLID_VAL_COLOURS)]
+        coded = [jpeg_roundtrip(image, int(q), self.sampler.subsampling) for image in solid for q in qualities]
+        g = self.geometry
+        start, end = g.block - g.ring, g.block - g.ring + g.patch  # one aligned patch of each
+        self.solid_val_set = torch.from_numpy(np.stack([c[start:end, start:end].transpose(2, 0, 1) for c in coded]))
         self.image_val_set = []
         for image in images[: self.val_images]:
-            g, side = self.geometry, self.val_image_size
+            side = self.val_image_size
             crop = image[: side // g.mcu * g.mcu, : side // g.mcu * g.mcu]  # grid at the origin, as published
             crop = np.ascontiguousarray(crop)
             self.image_val_set += [(jpeg_roundtrip(crop, int(q), self.sampler.subsampling), int(q)) for q in qualities]

@@ -19,6 +19,26 @@ from q1net.data.geometry import GEOMETRY, PatchGeometry
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_roundtrip
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as JPEG's YCbCr
+SMOOTH_SLOPE_MAX = 1.0  # grey levels per pixel: the steepest "gentle gradient" of smooth_image
+
+
+def smooth_image(rng: np.random.Generator, size: int, solid: bool | None = None) -> np.ndarray:
+    """A `size` square (size, size, 3) uint8 of content no quality can be read from: a solid colour or a gentle gradient.
+
+    `solid` None draws either, half and half.
+
+    Photos rarely hold enough of it for the confidence head to learn that such
+    blocks say nothing (and near-flat photo patches are often rejected): without
+    it the head gave a solid grey block a confidence just under tau.
+    """
+    colour = rng.uniform(0, 255, 3)
+    if rng.uniform() < 0.5 if solid is None else solid:
+        return np.broadcast_to(np.round(colour).astype(np.uint8), (size, size, 3)).copy()
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - size / 2
+    ramp = np.cos(angle) * xx + np.sin(angle) * yy  # (size, size), one level per pixel
+    slopes = rng.uniform(-SMOOTH_SLOPE_MAX, SMOOTH_SLOPE_MAX, 3)
+    return np.clip(np.round(colour + ramp[..., None] * slopes), 0, 255).astype(np.uint8)
 
 
 def sobel_magnitude(gray: np.ndarray) -> np.ndarray:
@@ -57,7 +77,9 @@ class PatchSampler:
     is one coding block plus its ring. `min_sobel` rejects near-flat patches
     (mean Sobel magnitude of the uncompressed luma below it; 0 keeps all).
     With `whole_crop` the one "patch" is the whole coded crop, `crop_size` square:
-    the input of the paper's Table 2 peers (q1net.models.peers).
+    the input of the paper's Table 2 peers (q1net.models.peers). `smooth_share`
+    of the crops are `smooth_image`s instead of crops of the images (never rejected
+    as flat): what the confidence head must learn to distrust.
     """
 
     crop_size: int = 64
@@ -68,6 +90,7 @@ class PatchSampler:
     all_shifts: bool = True
     min_sobel: float = 0.0
     whole_crop: bool = False
+    smooth_share: float = 0.0
     geometry: PatchGeometry = GEOMETRY
 
     def __post_init__(self) -> None:
@@ -78,6 +101,8 @@ class PatchSampler:
             raise ValueError(f"crop_size {self.crop_size} is too small for one patch at every grid phase")
         if not QUALITY_MIN <= self.quality_min <= self.quality_max <= QUALITY_MAX:
             raise ValueError(f"quality range {self.quality_min}..{self.quality_max} is not inside 1..100")
+        if not 0 <= self.smooth_share < 1:
+            raise ValueError(f"smooth_share must be in [0, 1), got {self.smooth_share}")
 
     def _patch_starts(self, rng: np.random.Generator, crop: int, count: int) -> np.ndarray:
         """`count` patch starts along one crop side, each at a uniformly drawn grid phase."""
@@ -103,8 +128,8 @@ class PatchSampler:
         level = int(rng.integers(0, 2 * band))
         return low + level if level < band else high - (level - band)
 
-    def sample(self, image: np.ndarray, rng: np.random.Generator, band: int | None = None) -> PatchBatch:
-        """Patches from one crop of `image` (H, W, 3) uint8; fewer than asked if flat ones were rejected."""
+    def sample(self, image: np.ndarray, rng: np.random.Generator, band: int | None = None, reject_flat: bool = True) -> PatchBatch:
+        """Patches from one crop of `image` (H, W, 3) uint8; fewer than asked if flat ones were rejected (`reject_flat`)."""
         g = self.geometry
         height, width = image.shape[:2]
         crop_h = min(self.crop_size, height // g.mcu * g.mcu)
@@ -121,9 +146,10 @@ class PatchSampler:
             decoded = jpeg_roundtrip(clean, quality, self.subsampling)
             return PatchBatch(np.ascontiguousarray(decoded.transpose(2, 0, 1)[None]), np.array([quality], np.int64))
 
-        draws = self.patches_per_crop * (2 if self.min_sobel > 0 else 1)
+        rejecting = reject_flat and self.min_sobel > 0
+        draws = self.patches_per_crop * (2 if rejecting else 1)
         ys, xs = self._patch_starts(rng, crop_h, draws), self._patch_starts(rng, crop_w, draws)
-        if self.min_sobel > 0:
+        if rejecting:
             gray = clean.astype(np.float32) @ LUMA_WEIGHTS
             edges = sliding_window_view(sobel_magnitude(gray), (g.patch - 2, g.patch - 2))
             busy = edges[ys, xs].mean(axis=(1, 2)) >= self.min_sobel
@@ -136,10 +162,13 @@ class PatchSampler:
         return PatchBatch(patches, np.full(len(patches), quality, np.int64))
 
     def batch(self, images: list[np.ndarray], size: int, rng: np.random.Generator, band: int | None = None) -> PatchBatch:
-        """`size` patches drawn crop by crop from randomly chosen `images`."""
+        """`size` patches drawn crop by crop from randomly chosen `images` (and `smooth_image`s, `smooth_share` of the crops)."""
         parts, have = [], 0
         while have < size:
-            part = self.sample(images[rng.integers(len(images))], rng, band)
+            if self.smooth_share and rng.uniform() < self.smooth_share:
+                part = self.sample(smooth_image(rng, self.crop_size), rng, band, reject_flat=False)
+            else:
+                part = self.sample(images[rng.integers(len(images))], rng, band)
             parts.append(part)
             have += len(part.qualities)
         whole = PatchBatch.concatenate(parts)

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from q1net.images import find_images, load_rgb
+from q1net.predictor.images import find_images, load_rgb
 
 LOSSLESS_SUFFIXES = frozenset({".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"})
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
@@ -41,11 +41,14 @@ class FolderSource(ImageSource):
     their own, so a label "compressed at q" would be wrong for them.
     """
 
-    def __init__(self, root: str, allow_jpeg: bool = False) -> None:
+    def __init__(self, root: str, allow_jpeg: bool = False, every: int = 1) -> None:
+        """`every` n keeps every n-th image in sorted order (2: half the folder, for data-size studies)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{root}: image folder not found")
-        found = find_images(self.root, LOSSLESS_SUFFIXES | JPEG_SUFFIXES)
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        found = find_images(self.root, LOSSLESS_SUFFIXES | JPEG_SUFFIXES)[::every]
         jpegs = [p for p in found if p.suffix.lower() in JPEG_SUFFIXES]
         self.paths = found if allow_jpeg else [p for p in found if p not in jpegs]
         if jpegs:
@@ -156,3 +159,30 @@ class SyntheticSource(ImageSource):
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, self.max_blur)))
         noisy = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(0, self.max_noise), (size, size, 3))
         return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+class ConcatSource(ImageSource):
+    """Several sources as one (photos and synthetic images mixed): image i of the whole is image j of one part."""
+
+    def __init__(self, sources: list[ImageSource]) -> None:
+        if not sources:
+            raise ValueError("ConcatSource needs at least one source")
+        self.sources = sources
+        self.offsets = np.cumsum([0] + [len(source) for source in sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, index: int) -> tuple[ImageSource, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.sources[part], index - int(self.offsets[part])
+
+    def load(self, index: int) -> np.ndarray:
+        source, inner = self._locate(index)
+        return source.load(inner)
+
+    def name(self, index: int) -> str:
+        source, inner = self._locate(index)
+        return source.name(inner)

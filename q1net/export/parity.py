@@ -19,8 +19,8 @@ import torch
 
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.export.mosaic import from_mosaic, to_mosaic
-from q1net.inference import decide, sample_blocks
 from q1net.models.q1net import QUALITY_SCALE, Q1Network
+from q1net.predictor.inference import decide, sample_blocks
 
 # Upstream ExecuTorch tolerances, for unit-scale outputs: differences are measured on the
 # sigmoid's 0..1 scale (outputs / 100), not on the 0..100 quality scale the net reports.

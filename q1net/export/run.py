@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from q1net.calibration import Calibration
 from q1net.export.formats import export_onnx, export_pte, lower, write_metadata, write_pte
 from q1net.export.mosaic import MosaicQ1Net
 from q1net.export.parity import (
@@ -28,6 +27,7 @@ from q1net.export.parity import (
     write_bundled_program,
 )
 from q1net.models.q1net import Q1Network
+from q1net.predictor.calibration import Calibration
 
 TIMING_RUNS = 5
 

@@ -18,12 +18,12 @@ from lightning.pytorch.loggers import WandbLogger
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
-from q1net.engines import TorchEngine
-from q1net.inference import BLOCKS_DEFAULT, TAU_DEFAULT, decide, sample_blocks, score_patches
 from q1net.models.peers import PeerNetwork, centre_crop
 from q1net.models.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
-from q1net.plots import confusion_image, confusion_matrix, zoom_patch
-from q1net.weights import WeightsError, load_net_file
+from q1net.predictor.engines import TorchEngine
+from q1net.predictor.inference import BLOCKS_DEFAULT, TAU_DEFAULT, TAU_GRID, decide, sample_blocks, score_patches
+from q1net.predictor.weights import WeightsError, load_net_file
+from q1net.tools.plots import confusion_image, confusion_matrix, zoom_patch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (B, 3, P, P) uint8 patches, (B,) int qualities
 
@@ -69,13 +69,20 @@ class QualityModule(LightningModule):
         gallery_size: int = 16,
         compile: bool = False,
         init_weights: str | None = None,
+        identity_bottlenecks: bool = True,
     ) -> None:
-        """`init_weights` starts from a trained net (safetensors or .ckpt) of the same architecture: fine-tuning."""
+        """`init_weights` starts from a trained net (safetensors or .ckpt) of the same architecture: fine-tuning.
+
+        `identity_bottlenecks` starts a fresh net's bottlenecks as the identity (Q1Network.start_bottlenecks_as_identity);
+        False is PyTorch's default init, what the first shipped weights were trained from.
+        """
         super().__init__()
         self.save_hyperparameters()
         self.net = Q1Network(Q1NetConfig(k=k, alpha=self.config.alpha, bottlenecks=bottlenecks, head=self.config.head))
         if init_weights is not None:
             self._load_initial(init_weights)
+        elif identity_bottlenecks:
+            self.net.start_bottlenecks_as_identity()
         self.optimizer, self.scheduler = optimizer, scheduler
         self.tau, self.blocks, self.gallery_size = tau, blocks, gallery_size
         # compiled for training steps only: fixed batch shape, about twice as fast on CPU
@@ -134,16 +141,26 @@ class QualityModule(LightningModule):
         if self.trainer.sanity_checking or not images:
             self._gallery = None
             return
-        true, predicted = [], []
         engine = TorchEngine(self.net, self.device)
-        for decoded, quality in images:
-            sample = sample_blocks(decoded, self.blocks)
-            block_quality, block_confidence = score_patches(self.net, engine, sample.patches)
-            predicted.append(decide(block_quality, block_confidence, self.tau).quality)
-            true.append(quality)
+        scores = [score_patches(self.net, engine, sample_blocks(decoded, self.blocks).patches) for decoded, _ in images]
+        true = np.array([quality for _, quality in images])
+        predicted = np.array([decide(quality, confidence, self.tau).quality for quality, confidence in scores])
         log_image_scores(self, true, predicted)
-        self._log_pictures(np.array(true), np.array(predicted))
+        if scores[0][1] is not None:
+            self._log_confidence_scores(scores, true, datamodule.solid_val_set, engine)
+        self._log_pictures(true, predicted)
         self._gallery = None
+
+    def _log_confidence_scores(self, scores: list, true: np.ndarray, solid: torch.Tensor | None, engine: TorchEngine) -> None:
+        """The image MAE at the best tau of TAU_GRID (runs with other confidence scales compare fairly), and the
+        share of solid-colour patches above tau (the confidence head should distrust every one of them)."""
+        by_tau = {tau: np.mean([abs(decide(q, c, tau).quality - t) for (q, c), t in zip(scores, true, strict=True)]) for tau in TAU_GRID}
+        best = min(by_tau, key=by_tau.get)
+        self.log("val/image_mae_best_tau", float(by_tau[best]), sync_dist=True)
+        self.log("val/best_tau", float(best), sync_dist=True)
+        if solid is not None:
+            _, confidence = score_patches(self.net, engine, solid.numpy())
+            self.log("val/solid_above_tau", float((confidence > self.tau).mean()), sync_dist=True)
 
     def _log_pictures(self, true: np.ndarray, predicted: np.ndarray) -> None:
         loggers = [logger for logger in self.loggers if isinstance(logger, WandbLogger)]
@@ -176,18 +193,20 @@ class Q1Net(QualityModule):
 
     The confidence target comes from the current prediction and is detached:
     the confidence head learns how right the quality head is, and no gradient
-    flows back through the target into the quality head.
+    flows back through the target into the quality head. `error_scale` s makes
+    the target 100 - s |q - q^| (floored at 0): 1 is the paper's eq. 1; larger
+    values spread confidences over more of 0..100 (a study candidate, docs/TRAINING.md).
     """
 
     config = Q1NetConfig(alpha=2)
 
-    def __init__(self, *args: object, lam: float = 0.5, **kwargs: object) -> None:
+    def __init__(self, *args: object, lam: float = 0.5, error_scale: float = 1.0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.lam = lam
+        self.lam, self.error_scale = lam, error_scale
 
     def loss(self, outputs: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
         confidence, predicted = outputs[:, 0], outputs[:, 1]
-        target_confidence = (QUALITY_SCALE - (quality - predicted).abs()).detach()
+        target_confidence = (QUALITY_SCALE - self.error_scale * (quality - predicted).abs()).clamp(min=0).detach()
         return (predicted - quality).abs().mean() + self.lam * (confidence - target_confidence).abs().mean()
 
 

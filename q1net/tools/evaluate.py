@@ -5,7 +5,7 @@ decoded, and its quality predicted from the pixels. Conditions beyond the
 paper: a random grid offset (the decoded image is cropped by 1..7 pixels at
 the top and left, so the coding grid no longer starts at the origin), 4:4:4
 chroma, grayscale, one of Pillow's named presets (other tables than IJG's:
-scored against their IJG-equivalent quality, q1net.quant_tables), and
+scored against their IJG-equivalent quality, q1net.forensics.quant_tables), and
 recompression (coded at q, decoded, coded again at Q2: scored against
 min(q, Q2), the strongest compression the pixels went through).
 
@@ -23,16 +23,15 @@ from typing import Literal
 
 import numpy as np
 
-from q1net.calibration import Calibration, fit_calibration
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_encode, jpeg_roundtrip
 from q1net.data.patches import LUMA_WEIGHTS
 from q1net.data.sources import ImageSource
-from q1net.images import Decoded, read_image
-from q1net.inference import METHODS, Evidence, Method, Predictor, combine, decide
-from q1net.quant_tables import ijg_equivalent_quality
+from q1net.forensics.quant_tables import ijg_equivalent_quality
+from q1net.predictor.calibration import Calibration, fit_calibration
+from q1net.predictor.images import Decoded, read_image
+from q1net.predictor.inference import METHODS, TAU_GRID, Evidence, Method, Predictor, combine, decide
 
 GridOffset = Literal["none", "random"]
-TAU_GRID = tuple(np.round(np.arange(80.0, 99.51, 0.5), 2))  # the grid tune-tau searches
 IMAGES_PER_FORWARD = 16  # images whose blocks share one forward pass
 
 

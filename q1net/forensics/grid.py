@@ -15,7 +15,7 @@ because on a heavily compressed image the neighbouring phases still see many
 flat blocks and score high too. Below `SURE_Z` the grid is taken to start at
 the origin, the usual case for images that were never cropped, and the result
 says the phase was assumed; the top-scoring phase is kept as `best`, which
-the lattice verifier can still confirm (q1net.inference).
+the lattice verifier can still confirm (q1net.predictor.inference).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from q1net.dct import BLOCK, block_coefficients, block_grid, cut_blocks, spread, to_luma
+from q1net.forensics.dct import BLOCK, block_coefficients, block_grid, cut_blocks, spread, to_luma
 
 GRID_BLOCKS = 256  # block positions scored at each of the 64 phases
 RETRY_FACTOR = 4  # an unsure answer is retried once with this many times the blocks (z grows with their root)

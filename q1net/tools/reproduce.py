@@ -14,9 +14,6 @@ training runs, as in the paper, and differ only in the block filter.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -26,15 +23,13 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 
 from q1net.data.patches import patch_sobel
 from q1net.data.sources import FolderSource, ImageSource
-from q1net.evaluate import BlockScores, Condition, score_source, summarise, tune_tau
+from q1net.tools.evaluate import BlockScores, Condition, score_source, summarise, tune_tau
+from q1net.tools.runs import final_checkpoint_callback, train_in_folder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "reproduce"
-FINAL = "final.ckpt"  # in each run's folder: the weights its budget ended with
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "reproduce"
 Filter = Literal["confidence", "none", "sobel"]
 THRESHOLD_GRIDS: dict[str, tuple[float, ...]] = {  # searched on validation images
     "confidence": tuple(np.arange(50.0, 99.51, 0.5)),  # Q1Net's confidence, and the classifier's softmax score x 100
@@ -115,7 +110,7 @@ def run_config(row: Row, setup: Setup) -> Path:
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(folder / "checkpoints"), "save_last": True, "every_n_train_steps": 200},
                 },
-                {"class_path": "q1net.reproduce.FinalCheckpoint", "init_args": {"path": str(folder / FINAL)}},
+                final_checkpoint_callback(folder),
             ],
         },
         "data": {
@@ -129,33 +124,12 @@ def run_config(row: Row, setup: Setup) -> Path:
     return path
 
 
-class FinalCheckpoint(Callback):
-    """Saves the weights a run ends with: when a time budget stops it, Lightning's `save_last` still holds
-    the last periodic checkpoint (up to `every_n_train_steps` earlier, or none at all)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
-
-
 def train_row(row: Row, setup: Setup) -> Path:
-    """Train one run to its budget. A finished run is reused; an interrupted one resumes from its last
-    periodic checkpoint, with the time it had already spent (Lightning's Timer state is in the checkpoint)."""
+    """Train one run to its budget (q1net.tools.runs.train_in_folder: finished runs are reused, interrupted ones resume
+    with the time they had already spent, which Lightning's Timer keeps in the checkpoint)."""
     folder = setup.out / "runs" / row.config
-    last, final = folder / "checkpoints" / "last.ckpt", folder / FINAL
-    if final.is_file():
-        return final
     configs = [CONFIGS / "base.yaml", CONFIGS / f"{row.config}.yaml", run_config(row, setup)]
-    command = [sys.executable, "-m", "q1net.cli", "train", *(arg for path in configs for arg in ("--config", str(path))), *setup.train_args]
-    if last.is_file():
-        command.append("--ckpt_path=last")
-    with (folder / "train.log").open("a") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    if result.returncode != 0 or not final.is_file():
-        raise RuntimeError(f"{row.name}: training failed (exit {result.returncode}); see {folder / 'train.log'}")
-    return final
+    return train_in_folder(row.name, configs, folder, setup.train_args)
 
 
 def _filtered(scores: BlockScores, block_filter: Filter) -> BlockScores:
@@ -168,7 +142,7 @@ def _filtered(scores: BlockScores, block_filter: Filter) -> BlockScores:
 
 def score_q1(checkpoint: Path, setup: Setup, val: ImageSource, test: ImageSource) -> dict[str, BlockScores]:
     """The network's block scores on every validation and test image (16 x 16 blocks, network alone)."""
-    from q1net.inference import Predictor
+    from q1net.predictor.inference import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, method="cnn", engine="torch")
     return {name: score_source(predictor, source, setup.condition) for name, source in (("val", val), ("test", test))}
@@ -217,7 +191,7 @@ def evaluate_peer(checkpoint: Path, setup: Setup, test: ImageSource) -> dict[str
 
 
 def _parameters(checkpoint: Path) -> int:
-    from q1net.weights import load_net_file
+    from q1net.predictor.weights import load_net_file
 
     return sum(p.numel() for p in load_net_file(checkpoint).net.parameters())
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from q1net.dct import BLOCK, block_coefficients, cut_blocks, spread, to_luma, unclipped_blocks
-from q1net.grid import GridPhase
-from q1net.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, ijg_equivalent_quality
+from q1net.forensics.dct import BLOCK, block_coefficients, cut_blocks, spread, to_luma, unclipped_blocks
+from q1net.forensics.grid import GridPhase
+from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, ijg_equivalent_quality
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
 # DC: in a flat block all 64 pixels round the same way, so the DC coefficient (8 x the mean) can be
@@ -44,7 +44,7 @@ SCALE_FLOOR = 0.1  # smallest Laplacian scale of a frequency (all-zero frequenci
 LATTICE_BLOCKS = 256  # unclipped blocks the fit reads, spread over the image
 MIN_BLOCKS = 4  # fewer unclipped blocks: no lattice evidence at all
 TIE_NATS = 5.0  # tables this close to the best log-likelihood are plausible too
-STRENGTH_MIN = 0.5  # nats per block over "no lattice" from which the evidence is strong (see q1net.inference)
+STRENGTH_MIN = 0.5  # nats per block over "no lattice" from which the evidence is strong (see q1net.predictor.inference)
 REACH = 6.0  # lattice points further than this many noise stds from a coefficient add nothing
 MISFIT_MAX = 8.0  # nats per block: IJG-coded images stay below 3 on val, other encoders' tables start near 20
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a non-zero level
@@ -246,7 +246,7 @@ def fit_lattice(coefficients: np.ndarray, estimate: bool = False) -> LatticeFit 
     IJG tables are scored directly (after screening, above). When mixing IJG steps per frequency fits much
     better than any one IJG table (`misfit` over MISFIT_MAX: another encoder's or
     custom tables), or with `estimate`, every step is estimated on its own and the
-    answer is the estimated table's IJG-equivalent quality (q1net.quant_tables).
+    answer is the estimated table's IJG-equivalent quality (q1net.forensics.quant_tables).
     """
     if len(coefficients) < MIN_BLOCKS:
         return None

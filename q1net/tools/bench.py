@@ -104,9 +104,9 @@ def engines(net, scratch: Path) -> dict[str, object]:
     """Callables (N, 3, P, P) uint8 -> outputs for every engine this machine has."""
     import torch
 
-    from q1net.engines import make_engine
     from q1net.export.formats import export_pte
     from q1net.export.parity import pte_runner
+    from q1net.predictor.engines import make_engine
 
     runners = {"torch": make_engine(net, "torch"), "onnxruntime": make_engine(net, "onnxruntime")}
     pte = pte_runner(export_pte(net, scratch / "net.pte", "xnnpack"))
@@ -125,9 +125,9 @@ def network_times(runners: dict, patches: np.ndarray, repeats: int) -> dict[str,
 
 def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> dict[str, float]:
     """Seconds of every stage after decoding, for one decoded image."""
-    from q1net.grid import detect_grid
-    from q1net.inference import combine, decide
-    from q1net.lattice import fit_lattice, lattice_coefficients
+    from q1net.forensics.grid import detect_grid
+    from q1net.forensics.lattice import fit_lattice, lattice_coefficients
+    from q1net.predictor.inference import combine, decide
 
     phase = detect_grid(pixels)
     patches = predictor._sample(pixels, phase).patches
@@ -143,7 +143,7 @@ def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> d
 
 def block_sweep(predictor, runners: dict, pixels: np.ndarray) -> list[dict]:
     """Sampling and network seconds for each of Table 4's block counts."""
-    from q1net.grid import detect_grid
+    from q1net.forensics.grid import detect_grid
 
     phase, rows = detect_grid(pixels), []
     for blocks in BLOCK_SWEEP:
@@ -156,8 +156,8 @@ def block_sweep(predictor, runners: dict, pixels: np.ndarray) -> list[dict]:
 
 def latency_section(scratch: str) -> dict:
     """Per-stage seconds for each image size and file type, and the block sweep on 2 MP."""
-    from q1net.images import read_image
-    from q1net.inference import BLAS, Predictor
+    from q1net.predictor.images import read_image
+    from q1net.predictor.inference import BLAS, Predictor
 
     BLAS.limit(limits=1, user_api="blas")  # for this whole process: the stages run as Predictor.gather runs them
     predictor = Predictor.from_pretrained(engine="torch")

@@ -1,10 +1,10 @@
 """From an image to one quality level: find the grid, score blocks, check the lattice, decide.
 
 Steps, each measured once per image into an `Evidence`:
-1. the coding grid's phase (q1net.grid), so cropped images are read on their grid;
+1. the coding grid's phase (q1net.forensics.grid), so cropped images are read on their grid;
 2. the CNN on n x n blocks of that grid (the published rule, below), its
-   qualities read through the weights' calibration (q1net.calibration);
-3. the DCT-lattice fit (q1net.lattice) on the same grid;
+   qualities read through the weights' calibration (q1net.predictor.calibration);
+3. the DCT-lattice fit (q1net.forensics.lattice) on the same grid;
 4. for JPEG files, the header's own luma table.
 `combine` then turns evidence into one answer (`method` says which evidence decided):
 - "hybrid" (default): a strong lattice answers, choosing among its plausible
@@ -43,18 +43,19 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
-from q1net.calibration import Calibration
 from q1net.data.geometry import GEOMETRY, PatchGeometry
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
-from q1net.engines import Engine, EngineName, make_engine
-from q1net.grid import GridPhase, detect_grid
-from q1net.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
-from q1net.lattice import LatticeFit, fit_lattice, lattice_coefficients
+from q1net.forensics.grid import GridPhase, detect_grid
+from q1net.forensics.lattice import LatticeFit, fit_lattice, lattice_coefficients
+from q1net.forensics.quant_tables import ijg_equivalent_quality
 from q1net.models.q1net import Q1Network
-from q1net.quant_tables import ijg_equivalent_quality
-from q1net.weights import DEFAULT_PRETRAINED, load_net_file, load_weights, pretrained_path
+from q1net.predictor.calibration import Calibration
+from q1net.predictor.engines import Engine, EngineName, make_engine
+from q1net.predictor.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
+from q1net.predictor.weights import DEFAULT_PRETRAINED, load_net_file, load_weights, pretrained_path
 
 TAU_DEFAULT = 96.0  # confidence threshold found by grid search in the paper
+TAU_GRID = tuple(np.round(np.arange(80.0, 99.51, 0.5), 2))  # the thresholds tune-tau and training's validation search
 BLOCKS_DEFAULT = 16  # blocks per side: 16 x 16 = 256 patches
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share
 MIN_SUPPORT = 0.1  # share of blocks voting from which the CNN may overrule a strong lattice
@@ -134,11 +135,11 @@ class Evidence:
 
     phase: GridPhase
     sample: BlockSample  # rows and cols in the image's own coordinates
-    quality: np.ndarray  # (N,) the CNN's per-block qualities, calibrated (q1net.calibration)
+    quality: np.ndarray  # (N,) the CNN's per-block qualities, calibrated (q1net.predictor.calibration)
     confidence: np.ndarray | None  # (N,) and confidences (None for a plain regressor)
     lattice: LatticeFit | None  # None when not computed or too few usable blocks
     header_quality: int | None  # IJG-equivalent quality of a JPEG file's own luma table
-    notes: tuple[str, ...] = ()  # from reading the image (q1net.images.conversion_notes)
+    notes: tuple[str, ...] = ()  # from reading the image (q1net.predictor.images.conversion_notes)
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class Prediction:
     method: str  # which evidence decided: "cnn" or "lattice"
     cnn_quality: float
     lattice_quality: int | None
-    lattice_strength: float | None  # nats per block over "no lattice"; strong from q1net.lattice.STRENGTH_MIN
+    lattice_strength: float | None  # nats per block over "no lattice"; strong from q1net.forensics.lattice.STRENGTH_MIN
     grid: tuple[int, int]  # (dy, dx) of the coding grid
     grid_sure: bool  # False: no grid stood out and (0, 0) was assumed
     header_quality: int | None  # JPEG files: the header table's IJG-equivalent quality
@@ -221,7 +222,7 @@ class Prediction:
 
 
 def read_input(image: ImageInput, max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
-    """Pixels (H, W, 3) uint8, and a JPEG's header table, from a path, a PIL image or an array (rules: q1net.images)."""
+    """Pixels (H, W, 3) uint8, and a JPEG's header table, from a path, a PIL image or an array (rules: q1net.predictor.images)."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
             if image.dtype == np.uint8:
@@ -253,7 +254,7 @@ class Predictor:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
         self.net = net.eval().to(self.device)
-        self.engine = make_engine(self.net, engine, self.device)  # q1net.engines: ONNX Runtime on CPU unless told otherwise
+        self.engine = make_engine(self.net, engine, self.device)  # q1net.predictor.engines: ONNX Runtime on CPU unless told otherwise
         self.tau, self.blocks, self.method, self.max_pixels = tau, blocks, method, max_pixels
         self.calibration = calibration or Calibration()  # identity unless the weights carry a tuned one
 

@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from q1net import __version__
-from q1net.calibration import Calibration
 from q1net.data.geometry import GEOMETRY
 from q1net.models.q1net import Q1NetConfig, Q1Network
+from q1net.predictor.calibration import Calibration
 
 PRETRAINED = {"q1net_k8_photos": "q1net_k8_photos.safetensors"}  # name -> file in q1net/weights_data/
 DEFAULT_PRETRAINED = "q1net_k8_photos"
@@ -44,7 +44,7 @@ class LoadedNet:
 
     @property
     def calibration(self) -> Calibration:
-        """The tuned quality map (q1net.calibration); the identity for checkpoints and older weights."""
+        """The tuned quality map (q1net.predictor.calibration); the identity for checkpoints and older weights."""
         return Calibration.from_dict(self.meta.get("calibration"))
 
 

@@ -1,0 +1,1 @@
+"""Tools around the predictor: evaluation, benchmarks, the paper's tables, the training study, pictures."""
