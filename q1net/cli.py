@@ -57,12 +57,21 @@ def expand_inputs(paths: list[str]) -> Iterator[tuple[str, str | None]]:
             yield name, "no such file or folder"
 
 
+def quality_text(quality: float, low: int, high: int, determined: bool) -> str:
+    """How the table shows an answer: `75` (and its range when it is wider than a level), `31..100`, or `undetermined`."""
+    if determined:
+        value = f"{quality:.0f}" if abs(quality - round(quality)) < 0.005 else f"{quality:.1f}"
+        return value if low == high else f"{value} ({low}..{high})"
+    return "undetermined" if (low, high) == (1, 100) else f"{low}..{high}"
+
+
 class Table:
     """Rows printed as they come, in aligned columns, as JSON lines or as CSV."""
 
     columns = (
-        "path", "quality", "confidence", "blocks_used", "blocks_sampled", "fallback", "method", "cnn_quality", "lattice_quality",
-        "lattice_strength", "grid", "grid_sure", "header_quality", "recompressed", "notes", "table", "heatmap", "seconds",
+        "path", "quality", "quality_low", "quality_high", "determined", "confidence", "blocks_used", "blocks_sampled", "fallback",
+        "method", "cnn_quality", "lattice_quality", "lattice_strength", "grid", "grid_sure", "header_quality", "recompressed", "notes",
+        "table", "heatmap", "seconds",
     )  # fmt: skip
 
     def __init__(self, style: str, stream=sys.stdout) -> None:
@@ -71,7 +80,7 @@ class Table:
         if self.csv:
             self.csv.writeheader()
         elif style == "table":
-            print(f"{'quality':>8} {'method':>8} {'conf':>6} {'blocks':>9}  path", file=stream)
+            print(f"{'quality':>14} {'method':>8} {'conf':>6} {'blocks':>9}  path", file=stream)
 
     def add(self, row: dict[str, object]) -> None:
         if self.style == "json":
@@ -86,11 +95,11 @@ class Table:
                 *(["low confidence: no block above tau"] if row["fallback"] else []),
                 *([f"grid at {tuple(row['grid'])}"] if row["grid_sure"] and any(row["grid"]) else []),
                 *([f"header says {row['header_quality']}"] if row["header_quality"] is not None else []),
-                *(["recompressed: coded again at a higher quality"] if row["recompressed"] else []),
                 *row["notes"],
             ]
             note = f"  ({'; '.join(notes)})" if notes else ""
-            print(f"{row['quality']:>8.2f} {row['method']:>8} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
+            shown = quality_text(row["quality"], row["quality_low"], row["quality_high"], row["determined"])
+            print(f"{shown:>14} {row['method']:>8} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
             if "table" in row:
                 steps = ["?" if step is None else str(step) for step in row["table"]]
                 for r in range(8):
@@ -118,8 +127,8 @@ def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None
             raise ImageReadError(path, problem)
         start = time.perf_counter()
         decoded = read_input(path, predictor.max_pixels)
-        [found] = predictor.gather([decoded], estimate_table=show_table)
-        result = predictor.resolve(found, source=path, return_blocks=heatmap is not None)
+        [found] = predictor.gather([decoded])
+        result = predictor.resolve(found, source=path, return_blocks=heatmap is not None, show_table=show_table)
         row = result.as_dict() | {"path": path, "seconds": round(time.perf_counter() - start, 4)}
         if heatmap is not None:
             from q1net.tools.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
@@ -361,7 +370,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for blocks in args.blocks:
             predictor = load_predictor(args, blocks)
             scores = score_source(predictor, source, condition, progress=sys.stderr.isatty())
-            summary, predicted = summarise_methods(scores, predictor.tau, args.method)
+            summary, answers = summarise_methods(scores, predictor.tau, args.method)
             calibrated = not predictor.calibration.is_identity
             rows.append(
                 {"blocks": blocks, "tau": predictor.tau, "calibrated": calibrated, "seconds_per_image": float(np.mean(scores.seconds))}
@@ -376,7 +385,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         true = np.array(scores.true)
         per_quality = rows[0]["per_quality_mae"]
         pictures = {
-            "confusion.png": confusion_image(confusion_matrix(true, predicted), f"{Path(args.root).name}: {len(true)} images"),
+            "confusion.png": confusion_image(confusion_matrix(true, answers.quality), f"{Path(args.root).name}: {len(true)} images"),
             "per_quality.png": error_by_quality_image(np.array(list(per_quality)), np.array(list(per_quality.values()))),
         }
     if args.out:
@@ -390,15 +399,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(
-            f"{'blocks':>6} {'method':>8} {'MAE':>7} {'SDE|e|':>7} {'SDE(e)':>7} {'max|e|':>7} {'exact':>6} {'lattice':>7} {'ms/img':>7}"
-            f"  ({len(scores.true)} images)"
+            f"{'blocks':>6} {'method':>8} {'MAE':>7} {'SDE|e|':>7} {'SDE(e)':>7} {'max|e|':>7} {'exact':>6} {'lattice':>7} "
+            f"{'covered':>7} {'width':>5} {'determ.':>7} {'flagged':>7} {'ms/img':>7}  ({len(scores.true)} images)"
         )
         for row in rows:
             for method, figures in row["by_method"].items():
                 print(
                     f"{row['blocks']:>6} {method:>8} {figures['mae']:>7.3f} {figures['sde_abs']:>7.3f} {figures['sde']:>7.3f} "
                     f"{figures['max_abs_error']:>7.2f} {figures['exact_fraction']:>6.1%} {figures['decided_by_lattice']:>7.1%} "
-                    f"{1000 * row['seconds_per_image']:>7.1f}"
+                    f"{figures['coverage']:>7.1%} {figures['median_width']:>5.1f} {figures['determined_fraction']:>7.1%} "
+                    f"{figures['flagged_fraction']:>7.1%} {1000 * row['seconds_per_image']:>7.1f}"
                 )
     return EXIT_OK
 

@@ -13,7 +13,7 @@ import torch
 from q1net import Predictor
 from q1net.models.q1net import create_model
 from q1net.predictor.calibration import Calibration, fit_calibration
-from q1net.predictor.inference import decide
+from q1net.predictor.rules import vote
 from q1net.predictor.weights import WeightsError, load_weights, pack_checkpoint, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +72,11 @@ def test_calibrating_blocks_then_taking_the_median_calibrates_the_median():
     rng = np.random.default_rng(1)
     quality, confidence = rng.uniform(0, 100, 255), rng.uniform(80, 100, 255)
     calibration = Calibration((0.0, 30.0, 60.0, 100.0), (0.0, 35.0, 55.0, 100.0))
-    assert decide(calibration(quality), confidence, 90.0).quality == pytest.approx(
-        float(calibration(decide(quality, confidence, 90.0).quality))
+    everyone = torch.ones(255, dtype=torch.bool)
+    confidence = torch.from_numpy(confidence)
+    calibrated = vote(calibration.apply(torch.from_numpy(quality)), confidence, everyone, 90.0).quality
+    assert float(calibrated) == pytest.approx(
+        float(calibration(np.array(float(vote(torch.from_numpy(quality), confidence, everyone, 90.0).quality))))
     )
 
 

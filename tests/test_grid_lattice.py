@@ -1,20 +1,21 @@
 """Grid-phase detection, the DCT-lattice fit, header tables and the hybrid rule, on images made here."""
 
 import io
-from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, JpegPresets
 
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
-from q1net.forensics.dct import BLOCK, unclipped_blocks
-from q1net.forensics.grid import detect_grid
-from q1net.forensics.lattice import TIE_NATS, LatticeFit, estimate_table, fit_lattice, ijg_table_scores, lattice_coefficients
+from q1net.forensics.dct import PIXEL_MAX, clipped_blocks
+from q1net.forensics.lattice import TIE_NATS, LatticeFit
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
+from q1net.models.q1net import create_model
 from q1net.predictor.images import read_image
-from q1net.predictor.inference import AGREE_LEVELS, Verdict, combine
+from q1net.predictor.program import Q1Program, cut_regions
+from q1net.predictor.rules import AGREE_LEVELS, Vote, combine
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,19 @@ def scene() -> np.ndarray:
     clean = SyntheticSource(count=1, size=256, seed=5).load(0).astype(np.float32)
     grain = np.random.default_rng(5).normal(0, 3, clean.shape)
     return np.clip(np.round(clean + grain), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def program() -> Q1Program:
+    """The grid detector and the lattice need no trained network: a tiny random one fills the program's slot."""
+    torch.manual_seed(0)
+    return Q1Program(create_model("q1net_baseline", k=2), tau=90.0)
+
+
+@torch.no_grad()
+def locate(program: Q1Program, pixels: np.ndarray):
+    regions, rows, cols = (torch.from_numpy(a) for a in cut_regions(pixels))
+    return program.locate(regions, rows, cols)
 
 
 def decoded_header(data: bytes) -> np.ndarray:
@@ -47,34 +61,31 @@ def test_ijg_equivalent_quality_of_other_tables():
 
 
 @pytest.mark.parametrize(("quality", "dy", "dx"), [(20, 3, 5), (75, 7, 1), (95, 0, 6), (100, 5, 0)])
-def test_grid_phase_of_shifted_crops(scene, quality, dy, dx):
-    decoded = jpeg_roundtrip(scene, quality)[dy:, dx:]
-    phase = detect_grid(decoded)
-    assert phase.sure and (phase.dy, phase.dx) == ((8 - dy) % 8, (8 - dx) % 8), phase
+def test_grid_phase_of_shifted_crops(program, scene, quality, dy, dx):
+    phase, fit, _, found = locate(program, jpeg_roundtrip(scene, quality)[dy:, dx:])
+    assert bool(phase.sure) and found and (int(phase.dy), int(phase.dx)) == ((8 - dy) % 8, (8 - dx) % 8), phase
+    assert int(fit.quality) == quality and bool(fit.strong)
 
 
-def test_no_grid_in_an_image_never_coded_or_resized(scene):
-    assert not detect_grid(scene).sure
-    resized = np.asarray(Image.fromarray(jpeg_roundtrip(scene, 50)).resize((200, 200), Image.BICUBIC))
-    phase = detect_grid(resized)
-    assert not phase.sure and (phase.dy, phase.dx) == (0, 0)
-    assert not detect_grid(scene[:12, :40]).sure  # too small to hold one block at every phase
+def test_no_grid_in_an_image_never_coded_or_resized(program, scene):
+    for pixels in (scene, np.asarray(Image.fromarray(jpeg_roundtrip(scene, 50)).resize((200, 200), Image.BICUBIC))):
+        phase, fit, _, found = locate(program, pixels)
+        assert not bool(phase.sure) and not bool(fit.strong) and not found
 
 
 @pytest.mark.parametrize("quality", [3, 24, 37, 61, 88, 97, 100])
-def test_lattice_finds_the_ijg_quality(scene, quality):
-    decoded = jpeg_roundtrip(scene, quality)[2:, 3:]
-    fit = fit_lattice(lattice_coefficients(decoded, detect_grid(decoded)))
-    assert fit.quality == quality and fit.strong and fit.ijg and quality in fit.plausible
+def test_lattice_finds_the_ijg_quality(program, scene, quality):
+    _, fit, _, _ = locate(program, jpeg_roundtrip(scene, quality)[2:, 3:])
+    assert int(fit.quality) == quality and bool(fit.strong) and bool(fit.ijg) and bool(fit.plausible[quality - 1])
+    assert int(fit.quality_low) <= quality <= int(fit.quality_high)
 
 
 @pytest.mark.parametrize("quality", [8, 45, 92])
-def test_lattice_reads_a_grayscale_jpeg(scene, quality):
+def test_lattice_reads_a_grayscale_jpeg(program, scene, quality):
     data = io.BytesIO()
     Image.fromarray(scene).convert("L").save(data, format="JPEG", quality=quality)
-    pixels = read_image(data).pixels  # gray, repeated into R, G and B
-    fit = fit_lattice(lattice_coefficients(pixels, detect_grid(pixels)))
-    assert fit.quality == quality and fit.strong and fit.ijg
+    _, fit, _, _ = locate(program, read_image(data).pixels)  # gray, repeated into R, G and B
+    assert int(fit.quality) == quality and bool(fit.strong) and bool(fit.ijg)
 
 
 @pytest.mark.parametrize(
@@ -83,82 +94,138 @@ def test_lattice_reads_a_grayscale_jpeg(scene, quality):
     ids=["shifted", "recompressed-at-90"],
 )
 @pytest.mark.parametrize("quality", [1, 6, 30, 52, 77, 91, 98, 100])
-def test_screening_gives_the_answer_scoring_every_table_gives(scene, coded, quality):
-    pixels = coded(scene, quality)
-    coefficients = lattice_coefficients(pixels, detect_grid(pixels))
-    screened, _, _ = ijg_table_scores(coefficients)
-    every, _, _ = ijg_table_scores(coefficients, screen=False)
-    assert screened.argmax() == every.argmax()
-    assert np.array_equal(screened >= screened.max() - TIE_NATS, every >= every.max() - TIE_NATS)  # the same plausible set
-    kept = np.isfinite(screened)
-    np.testing.assert_allclose(screened[kept], every[kept], rtol=1e-6)
+def test_screening_gives_the_answer_scoring_every_table_gives(program, scene, coded, quality):
+    """The lattice scores every table on the most textured blocks and only the best few on all: the same best and plausible set."""
+    regions, rows, cols = (torch.from_numpy(a) for a in cut_regions(coded(scene, quality)))
+    lattice = program.lattice
+    captured = {}
+    hook = lattice.register_forward_hook(lambda module, args, output: captured.update(args=args))
+    _, fit, _, _ = program.locate(regions, rows, cols)
+    hook.remove()
+    c, usable = captured["args"]
+    ac, dc = lattice.weights(c.float(), usable)
+    scale = lattice.scales(c.float(), ac)
+    from q1net.forensics.lattice import log_no_lattice
+
+    every = lattice.table_log_likelihoods(lattice.tables, c.float(), scale, log_no_lattice(c.float(), scale), ac, dc)
+    best = int(torch.argmax(every))
+    assert int(torch.argmax(fit.tables)) == best
+    scored = torch.isfinite(fit.tables)
+    assert torch.equal((fit.tables >= fit.tables[best] - TIE_NATS)[scored], (every >= every[best] - TIE_NATS)[scored])
+    torch.testing.assert_close(fit.tables[scored], every[scored], rtol=1e-5, atol=1e-2)
+    if bool(fit.ijg):
+        assert int(fit.quality) == best + 1
 
 
-@pytest.mark.parametrize(("height", "width"), [(1, 1), (9, 7), (8, 8), (17, 9), (40, 33)])
+@pytest.mark.parametrize(("height", "width"), [(24, 24), (31, 40), (40, 33)])
 def test_clipped_blocks_match_a_block_by_block_check(height, width):
     rng = np.random.default_rng(height * width)
     levels = np.array([0, 1, 128, 254, 255], np.uint8)
-    pixels = rng.choice(levels, size=(height, width, 3), p=[0.01, 0.3, 0.38, 0.3, 0.01])
-    for dy, dx in [(0, 0), (3, 5), (7, 7)]:
-        rows, cols = max(0, (height - dy) // BLOCK), max(0, (width - dx) // BLOCK)
-        expected = np.array(
-            [
-                [
-                    not np.isin(pixels[dy + BLOCK * r : dy + BLOCK * (r + 1), dx + BLOCK * c : dx + BLOCK * (c + 1)], [0, 255]).any()
-                    for c in range(cols)
-                ]
-                for r in range(rows)
-            ],
-            bool,
-        ).reshape(rows, cols)
-        np.testing.assert_array_equal(unclipped_blocks(pixels, dy, dx), expected)
+    pixels = rng.choice(levels, size=(height, width, 3), p=[0.002, 0.3, 0.396, 0.3, 0.002])
+    regions, _, _ = cut_regions(pixels)
+    clipped = clipped_blocks(torch.from_numpy(regions))
+    for r in range(0, len(regions), 37):
+        for dy in range(8):
+            for dx in range(8):
+                block = regions[r, :, dy : dy + 8, dx : dx + 8]
+                assert bool(clipped[r, dy, dx]) == bool(np.isin(block, [0, PIXEL_MAX]).any())
 
 
-def test_lattice_is_weak_without_jpeg(scene):
-    assert not fit_lattice(lattice_coefficients(scene, detect_grid(scene))).strong
-    small = scene[:12, :30]  # three blocks: under MIN_BLOCKS
-    assert fit_lattice(lattice_coefficients(small, detect_grid(small))) is None
+def test_lattice_is_weak_without_jpeg_and_absent_without_evidence(program, scene):
+    _, fit, _, _ = locate(program, scene)
+    assert bool(fit.found) and not bool(fit.strong)
+    _, flat, _, found = locate(program, jpeg_roundtrip(np.full((128, 128, 3), 130, np.uint8), 80))
+    assert not bool(flat.found) and not bool(flat.strong) and not found  # one solid colour is one DC observation, no AC evidence
 
 
-def test_lattice_estimates_a_custom_table(scene):
+def test_lattice_estimates_a_custom_table(program, scene):
     steps = np.clip(np.arange(64) // 2 + 3, 1, 255)  # no IJG quality has this table
     data = io.BytesIO()
     Image.fromarray(scene).save(data, format="JPEG", qtables=[steps.tolist(), steps.tolist()], subsampling=0)
     decoded = read_image(data)
     np.testing.assert_array_equal(decoded.jpeg_luma_table, steps)
-    estimated, known, _ = estimate_table(lattice_coefficients(decoded.pixels, detect_grid(decoded.pixels)))
-    assert known.sum() >= 20
-    np.testing.assert_array_equal(estimated[known], steps[known])
-    fit = fit_lattice(lattice_coefficients(decoded.pixels, detect_grid(decoded.pixels)))
-    assert not fit.ijg and fit.quality == ijg_equivalent_quality(steps, known)
+    _, fit, _, found = locate(program, decoded.pixels)
+    known = fit.known.numpy()
+    assert known.sum() >= 20 and found
+    np.testing.assert_array_equal(fit.steps.numpy()[known], steps[known])
+    assert not bool(fit.ijg) and int(fit.quality) == ijg_equivalent_quality(steps, known)
+    assert int(fit.quality_low) <= ijg_equivalent_quality(steps) <= int(fit.quality_high)
 
 
-def test_pillow_preset_is_read_as_its_ijg_equivalent(scene):
+def test_pillow_preset_is_read_as_its_ijg_equivalent(program, scene):
     data = jpeg_encode(scene, "web_high")
     header = decoded_header(data)
     np.testing.assert_array_equal(header, np.array(JpegPresets.presets["web_high"]["quantization"][0]))
-    pixels = read_image(io.BytesIO(data)).pixels
-    fit = fit_lattice(lattice_coefficients(pixels, detect_grid(pixels)))
-    assert abs(fit.quality - ijg_equivalent_quality(header)) <= 2
+    _, fit, _, _ = locate(program, read_image(io.BytesIO(data)).pixels)
+    truth = ijg_equivalent_quality(header)  # over all 64 steps; the pixels pin down only a third of them here
+    assert not bool(fit.ijg) and int(fit.quality_low) <= truth <= int(fit.quality_high) and abs(int(fit.quality) - truth) <= 4
 
 
-def fit(quality: int, strength: float = 50.0, plausible: tuple[int, ...] | None = None) -> LatticeFit:
-    return LatticeFit(quality, strength, plausible or (quality,), 256, 0.0)
+def test_double_coding_leaves_a_double_lattice(program, scene):
+    single = [float(locate(program, jpeg_roundtrip(scene, q))[1].double_gain) for q in (30, 60, 75, 90, 95)]
+    assert max(single) == 0.0
+    _, fit, _, _ = locate(program, jpeg_roundtrip(jpeg_roundtrip(scene, 75), 90))
+    assert float(fit.double_gain) > 1.0 and bool(fit.first_plausible[75 - 1])
+
+
+def t(value) -> torch.Tensor:
+    return torch.tensor(value)
+
+
+def fit_of(quality: int, strength: float = 50.0, plausible: tuple[int, ...] | None = None, ijg: bool = True, double=None) -> LatticeFit:
+    """A LatticeFit as the verifier would return it (double: (first quality, gain))."""
+    allowed = torch.zeros(100, dtype=torch.bool)
+    for q in plausible or (quality,):
+        allowed[q - 1] = True
+    first = torch.zeros(100, dtype=torch.bool)
+    first_quality, gain = double or (1, 0.0)
+    first[first_quality - 1] = True
+    return LatticeFit(
+        found=t(True),
+        quality=t(float(quality)),
+        quality_low=t(float(min(plausible or (quality,)))),
+        quality_high=t(float(max(plausible or (quality,)))),
+        strength=t(strength),
+        ijg=t(ijg),
+        misfit=t(0.0),
+        evidence=t(200.0),
+        plausible=allowed,
+        tables=torch.zeros(100),
+        steps=torch.ones(64),
+        known=torch.zeros(64, dtype=torch.bool),
+        first_quality=t(float(first_quality)),
+        first_plausible=first,
+        double_gain=t(gain),
+    )
+
+
+def vote_of(quality: float, low: float | None = None, high: float | None = None, support: float = 0.8, fallback: bool = False) -> Vote:
+    return Vote(
+        t(quality), t(low if low is not None else quality - 1), t(high if high is not None else quality + 1), t(97.0),
+        torch.ones(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool), t(fallback), t(support),
+    )  # fmt: skip
+
+
+def answer(cnn: Vote, fit: LatticeFit, found: bool = True, method: str = "hybrid") -> tuple:
+    verdict = combine(cnn, fit, t(found), method)
+    rounded = (round(float(value), 4) for value in (verdict.quality, verdict.low, verdict.high, verdict.method))
+    return (*rounded, bool(verdict.recompressed), bool(verdict.determined))
 
 
 def test_hybrid_rule():
-    assert combine(41.3, fit(40), None) == Verdict(40.0, "lattice", False)  # strong lattice answers
-    assert combine(41.3, fit(40, strength=0.1), None) == Verdict(41.3, "cnn", False)  # weak lattice: the CNN stands
-    assert combine(41.3, None, None) == Verdict(41.3, "cnn", False)
-    assert combine(95.2, fit(96, plausible=(93, 94, 95, 96)), None).quality == 95  # the CNN picks among ties
+    assert answer(vote_of(41.3), fit_of(40)) == (40.0, 40.0, 40.0, 1.0, False, True)  # a strong lattice answers
+    assert answer(vote_of(41.3), fit_of(40, strength=0.1)) == (41.3, 40.3, 42.3, 0.0, False, True)  # weak: the CNN stands
+    assert answer(vote_of(41.3), fit_of(40, strength=0.1), found=False)[5] is False  # no grid found: not determined
+    assert answer(vote_of(95.2), fit_of(96, plausible=(93, 94, 95, 96)))[:3] == (95.0, 93.0, 96.0)  # the CNN picks among ties
+    assert answer(vote_of(50.0), fit_of(50, plausible=tuple(range(20, 90))))[5] is False  # a wide range is not determined
     low = 90 - AGREE_LEVELS - 5
-    assert combine(low, fit(90), None) == Verdict(low, "cnn", True)  # pixels show an earlier, lower quality
-    assert combine(low, fit(90), None, cnn_support=0.05) == Verdict(90.0, "lattice", False)  # unless few blocks voted
-    assert combine(30.0, fit(30), 95) == Verdict(30.0, "lattice", True)  # header 95, pixels 30
-    mixed = replace(fit(46), ijg=False)  # two lattices mixed (30 then 90) read as 46
-    assert combine(40.0, mixed, None) == Verdict(40.0, "cnn", False) and combine(47.0, mixed, None).quality == 46
-    assert combine(41.3, fit(40), None, "cnn") == Verdict(41.3, "cnn", False)
-    assert combine(70.0, fit(40), None, "lattice") == Verdict(40.0, "lattice", False)
+    assert answer(vote_of(low), fit_of(90)) == (low, low - 1, low + 1, 0.0, True, True)  # the CNN shows an earlier, lower coding
+    assert answer(vote_of(low, support=0.05), fit_of(90))[:5] == (90.0, 90.0, 90.0, 1.0, False)  # unless few blocks voted
+    assert answer(vote_of(76.0), fit_of(90, double=(75, 3.0)))[:5] == (75.0, 75.0, 75.0, 1.0, True)  # two lattices: the first
+    other = fit_of(76, ijg=False, plausible=(75, 76, 77))
+    assert answer(vote_of(70.0), other)[:5] == (76.0, 75.0, 77.0, 1.0, False)  # another encoder's table: its equivalent, no flag
+    assert answer(vote_of(41.3), fit_of(40), method="cnn")[:4] == (41.3, 40.3, 42.3, 0.0)
+    assert answer(vote_of(70.0), fit_of(40), method="lattice")[:4] == (40.0, 40.0, 40.0, 1.0)
 
 
 def test_recompressed_jpeg_file_is_flagged(scene, tmp_path):
@@ -170,7 +237,7 @@ def test_recompressed_jpeg_file_is_flagged(scene, tmp_path):
     assert result.header_quality == 95 and result.recompressed and abs(result.quality - 30) <= 2
 
 
-def test_lattice_confirms_a_phase_the_detector_is_unsure_of(scene):
+def test_lattice_confirms_a_phase_the_detector_is_unsure_of(program, scene):
     """A mostly blank image: every phase scores alike, but the lattice is strong on the top-scoring one."""
     from q1net import Predictor
 
@@ -178,7 +245,7 @@ def test_lattice_confirms_a_phase_the_detector_is_unsure_of(scene):
     mostly_white[48:, :] = 255
     mostly_white[:, 48:] = 255
     decoded = jpeg_roundtrip(mostly_white, 60)[3:, 5:]
-    detected = detect_grid(decoded)
-    assert not detected.sure and detected.best == (5, 3)
+    phase, _, _, found = locate(program, decoded)
+    assert not bool(phase.sure) and (int(phase.dy), int(phase.dx)) == (5, 3) and found
     result = Predictor.from_pretrained().predict(decoded)
     assert result.grid == (5, 3) and result.grid_sure and result.quality == 60 and result.method == "lattice"

@@ -100,10 +100,11 @@ def test_cli_formats(weights, images, style):
     lines = result.stdout.strip().splitlines()
     if style == "json":
         rows = [json.loads(line) for line in lines]
-        assert len(rows) == 3 and set(rows[0]) >= {"path", "quality", "confidence", "blocks_used", "blocks_sampled", "seconds"}
+        fields = {"path", "quality", "quality_low", "quality_high", "determined", "confidence", "blocks_used", "blocks_sampled", "seconds"}
+        assert len(rows) == 3 and set(rows[0]) >= fields
         assert rows[0]["blocks_sampled"] == 16
     elif style == "csv":
-        assert lines[0].startswith("path,quality,confidence") and len(lines) == 4
+        assert lines[0].startswith("path,quality,quality_low,quality_high,determined,confidence") and len(lines) == 4
     else:
         assert "quality" in lines[0] and len(lines) == 4 and "sub/clean.png" in result.stdout
 
@@ -192,7 +193,7 @@ def test_a_cnn_only_evaluation_reports_the_cnn_alone(weights, images):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     [row] = json.loads(result.stdout)["results"]
-    assert set(row["by_method"]) == {"cnn"} and row["calibrated"] is False  # no lattice was gathered to report
+    assert row["method"] == "cnn" and row["calibrated"] is False and set(row["by_method"]) == {"cnn", "hybrid", "lattice"}
 
 
 def test_evaluate_logs_to_an_offline_wandb_run(weights, images, tmp_path):
@@ -212,7 +213,7 @@ def test_cli_methods_grid_and_table(weights, images):
     assert hybrid["method"] == "lattice" and hybrid["quality"] == hybrid["lattice_quality"] == 37 and hybrid["grid"] == [0, 0]
     assert hybrid["header_quality"] is None and not hybrid["recompressed"] and "table" not in hybrid
     cnn = json.loads(q1net("predict", png, "--checkpoint", weights, "--format", "json", "--method", "cnn").stdout)
-    assert cnn["method"] == "cnn" and cnn["quality"] == cnn["cnn_quality"] and cnn["lattice_quality"] is None
+    assert cnn["method"] == "cnn" and cnn["quality"] == cnn["cnn_quality"] and cnn["lattice_quality"] == 37  # measured, not used
     shown = q1net("predict", png, "--checkpoint", weights, "--show-table")
     rows = shown.stdout.strip().splitlines()[2:]
     assert shown.returncode == 0 and len(rows) == 8 and rows[0].split()[0] == str(ijg_luma_table(37)[0])

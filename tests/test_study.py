@@ -27,9 +27,7 @@ BASE = {
 }
 ONECYCLE = {
     "model": {
-        "init_args": {
-            "scheduler": {"class_path": "torch.optim.lr_scheduler.OneCycleLR", "init_args": {"max_lr": 0.01, "total_steps": 999}}
-        }
+        "init_args": {"scheduler": {"class_path": "torch.optim.lr_scheduler.OneCycleLR", "init_args": {"max_lr": 0.01, "total_steps": 999}}}
     },
     "data": {"batch_size": 8},
 }

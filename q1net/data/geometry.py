@@ -49,3 +49,39 @@ class PatchGeometry:
 
 
 GEOMETRY = PatchGeometry()
+
+
+@dataclass(frozen=True)
+class RegionGeometry:
+    """What the predictor cuts from an image: squares at multiples of 8 that hold a patch and a block at every grid phase.
+
+    A region starting at a multiple of 8 holds, for each of the 64 grid phases, the 16x16
+    patch around one coding block (at offset (phase + ring) mod 8) and one whole 8x8 block:
+    everything grid detection, the CNN and the lattice read, whatever the phase turns out
+    to be. This is the input contract of the exported programs (q1net.predictor.program):
+    an app cuts `per_side` x `per_side` regions with `starts` and needs nothing else.
+    """
+
+    patch: PatchGeometry = GEOMETRY
+    per_side: int = 16  # regions along each side: 256, as many as the paper's blocks
+
+    @property
+    def side(self) -> int:
+        return self.patch.patch + self.patch.block  # 24: a patch at any of the 8 phases
+
+    def starts(self, length: int, count: int) -> np.ndarray:
+        """`count` region starts along a side of `length` pixels: multiples of 8, the centres of `count` equal cells.
+
+        With A = (length - side) // 8 + 1 possible starts, start i is 8 floor((2i + 1) A / (2 count)):
+        distinct when A >= count, repeating (never skipping one) when the side is shorter.
+        A side shorter than a region gets one start at 0 (the image is padded to a region).
+        """
+        available = max(1, (length - self.side) // self.patch.block + 1)
+        return (self.patch.block * ((2 * np.arange(count) + 1) * available // (2 * count))).astype(np.int64)
+
+    def patch_offset(self, phase: int) -> int:
+        """Where, inside a region, the patch around a coding block of grid phase `phase` (0..7) starts."""
+        return (phase + self.patch.ring) % self.patch.block
+
+
+REGIONS = RegionGeometry()

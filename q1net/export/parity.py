@@ -20,7 +20,8 @@ import torch
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.export.mosaic import from_mosaic, to_mosaic
 from q1net.models.q1net import QUALITY_SCALE, Q1Network
-from q1net.predictor.inference import decide, sample_blocks
+from q1net.predictor.program import origin_patches
+from q1net.predictor.rules import vote
 
 # Upstream ExecuTorch tolerances, for unit-scale outputs: differences are measured on the
 # sigmoid's 0..1 scale (outputs / 100), not on the 0..100 quality scale the net reports.
@@ -50,7 +51,7 @@ def parity_images(images: list[np.ndarray], blocks: int) -> list[torch.Tensor]:
     batches = []
     for pixels in images:
         for quality in PARITY_QUALITIES:
-            batches.append(torch.from_numpy(sample_blocks(jpeg_roundtrip(pixels, quality), blocks).patches).float())
+            batches.append(torch.from_numpy(origin_patches(jpeg_roundtrip(pixels, quality), blocks)).float())
     return batches
 
 
@@ -58,7 +59,7 @@ def _image_answers(net: Q1Network, outputs: list[torch.Tensor], tau: float) -> n
     answers = []
     for output in outputs:
         quality, confidence = net.quality_confidence(output)
-        answers.append(decide(quality.numpy(), None if confidence is None else confidence.numpy(), tau).quality)
+        answers.append(float(vote(quality, confidence, torch.ones(len(quality), dtype=torch.bool), tau).quality))
     return np.array(answers)
 
 

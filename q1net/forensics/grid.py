@@ -1,81 +1,102 @@
-"""Where the 8x8 coding grid lies: detect its phase from the pixels of a cropped or shifted JPEG.
+"""Where the 8x8 coding grid lies: its phase, from the luma of regions cut at multiples of 8 (q1net.data.geometry).
 
-On the true grid every luma DCT coefficient of a decoded JPEG is an integer
-multiple of an integer step, plus rounding noise, so it sits near an integer;
-on any other of the 64 phases the blocks straddle two coding blocks and the
-coefficients spread. The score of a phase is the mean of cos(2 pi c) over the
-coefficients of many blocks: about exp(-2 pi^2 sigma^2) ~ 0.2 on the true grid,
-about 0 elsewhere, at every quality. Flat or clipped blocks add the same to
-every phase and so do not move the choice.
-
-How sure the detector is: the lead of the best phase over the runner-up, in
-units of the score's standard error without any lattice (cos of a uniform
-phase has variance 1/2, over n coefficients). The runner-up, not the median,
-because on a heavily compressed image the neighbouring phases still see many
-flat blocks and score high too. Below `SURE_Z` the grid is taken to start at
-the origin, the usual case for images that were never cropped, and the result
-says the phase was assumed; the top-scoring phase is kept as `best`, which
-the lattice verifier can still confirm (q1net.predictor.inference).
+Two statistics, both over every region:
+- the lattice score: on the true grid every luma DCT coefficient of a decoded JPEG is an
+  integer multiple of an integer step, plus rounding noise, so it sits near an integer;
+  on any other of the 64 phases the blocks straddle two coding blocks and the coefficients
+  spread. A phase scores the mean of cos(2 pi c) over its coefficients: about
+  exp(-2 pi^2 sigma^2) ~ 0.2 on the true grid, about 0 elsewhere, at every quality. Flat or
+  clipped blocks add the same to every phase and so do not move the choice;
+- blockiness: the mean |luma step| across each of the 8 column (and row) phases of block
+  borders. Heavy compression makes most blocks flat, so on a smooth image the lattice score
+  sees little, but the borders carry every luma step (issue #13: large photos at quality
+  1..10, cropped). Each direction gives its own phase.
+How sure each is: the lead of the best phase over the runner-up in standard errors (for the
+lattice score, cos of a uniform phase has variance 1/2 over n coefficients; for blockiness,
+the spread of the per-region leads). The lattice score decides when it leads by SURE_Z;
+otherwise blockiness proposes its phase when both directions lead by BLOCKY_Z, else the
+lattice score's top phase is the candidate. An unsure phase is confirmed only by a strong
+DCT lattice on it (q1net.predictor.program); unconfirmed, the grid is not found.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from typing import NamedTuple
 
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from q1net.forensics.dct import BLOCK, block_coefficients, block_grid, cut_blocks, spread, to_luma
+from q1net.data.geometry import REGIONS
+from q1net.forensics.dct import BLOCK, dct_basis
 
-GRID_BLOCKS = 256  # block positions scored at each of the 64 phases
-RETRY_FACTOR = 4  # an unsure answer is retried once with this many times the blocks (z grows with their root)
-SURE_Z = 5.0  # lead (in standard errors) from which the detected phase is trusted
-
-
-@dataclass(frozen=True)
-class GridPhase:
-    """Offset (dy, dx) in 0..7 of the first coding block's top-left pixel, and how sure the detector is."""
-
-    dy: int
-    dx: int
-    z: float  # lead of the best phase over the runner-up, in standard errors
-    sure: bool  # False: nothing stood out, (dy, dx) = (0, 0) assumed
-    best: tuple[int, int] = (0, 0)  # the top-scoring phase even when unsure: a candidate for the lattice to confirm
+SURE_Z = 5.0  # lead (in standard errors) from which the lattice score's phase is trusted
+BLOCKY_Z = 8.0  # lead from which blockiness proposes a phase in each direction
 
 
-ORIGIN = GridPhase(0, 0, 0.0, False)
+class GridPhase(NamedTuple):
+    """Tensors: the phase (dy, dx) in 0..7 of the first coding block's top-left pixel, and how sure the detector is."""
+
+    dy: torch.Tensor
+    dx: torch.Tensor
+    z: torch.Tensor  # lead of the lattice score's best phase over its runner-up, in standard errors
+    sure: torch.Tensor  # bool: the lattice score stood out; otherwise (dy, dx) is only a candidate to confirm
+    blocky_z: torch.Tensor  # the weaker direction's blockiness lead
 
 
-def phase_scores(pixels: np.ndarray, blocks: int = GRID_BLOCKS) -> tuple[np.ndarray, int]:
-    """(8, 8) integer-lattice score of every grid phase (see the module docstring), and coefficients per phase.
-
-    Each anchor's 15x15 neighbourhood holds its 8x8 block at all 64 phases, so only
-    those pixels are converted to luma, never the whole image.
-    """
-    height, width = pixels.shape[:2]
-    tops, lefts = block_grid(height - BLOCK + 1, width - BLOCK + 1)  # anchors that fit at every phase
-    pick = spread(len(tops), blocks)
-    tops, lefts = tops[pick], lefts[pick]
-    regions = to_luma(cut_blocks(pixels, tops, lefts, 2 * BLOCK - 1))  # (N, 15, 15)
-    shifted = sliding_window_view(regions, (BLOCK, BLOCK), axis=(1, 2))  # (N, dy, dx, 8, 8)
-    coefficients = block_coefficients(shifted.reshape(-1, BLOCK, BLOCK)).reshape(len(tops), BLOCK, BLOCK, -1)
-    return np.cos(2 * np.pi * coefficients).mean(axis=(0, 3)), len(tops) * coefficients.shape[-1]
+def lead(values: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the largest of `values` along `dim` and the gap to the second largest (topk: no sort needed)."""
+    top = torch.topk(values, 2, dim=dim)
+    return top.indices.select(dim, 0), top.values.select(dim, 0) - top.values.select(dim, 1)
 
 
-def detect_grid(pixels: np.ndarray, blocks: int = GRID_BLOCKS) -> GridPhase:
-    """The coding grid's phase in (H, W, 3) uint8 `pixels`; ORIGIN when the image is too small or shows none."""
-    if min(pixels.shape[:2]) < 2 * BLOCK - 1:
-        return ORIGIN
-    phase = _detect(pixels, blocks)
-    anchors = ((pixels.shape[0] - BLOCK + 1) // BLOCK) * ((pixels.shape[1] - BLOCK + 1) // BLOCK)
-    return phase if phase.sure or anchors <= blocks else _detect(pixels, RETRY_FACTOR * blocks)
+class GridDetector(nn.Module):
+    """(R, 1, side, side) level-shifted luma regions and (R,) float weights (0 for repeated regions) -> GridPhase."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("basis", dct_basis(), persistent=False)  # (64, 1, 8, 8)
+        borders = torch.zeros(BLOCK, REGIONS.side - 1)  # which luma steps (between columns j and j+1) sit on phase p's borders
+        for p in range(BLOCK):
+            borders[p, torch.arange(REGIONS.side - 1) % BLOCK == (p - 1) % BLOCK] = 1.0
+        self.register_buffer("borders", borders / borders.sum(dim=1, keepdim=True), persistent=False)
 
-def _detect(pixels: np.ndarray, blocks: int) -> GridPhase:
-    scores, coefficients = phase_scores(pixels, blocks)
-    order = np.argsort(scores.ravel())
-    best, runner_up = int(order[-1]), int(order[-2])
-    z = float((scores.flat[best] - scores.flat[runner_up]) / np.sqrt(0.5 / coefficients))
-    if z < SURE_Z:
-        return GridPhase(0, 0, z, False, (best // BLOCK, best % BLOCK))
-    return GridPhase(best // BLOCK, best % BLOCK, z, True, (best // BLOCK, best % BLOCK))
+    def coefficients(self, luma: torch.Tensor) -> torch.Tensor:
+        """(R, 64, 16, 16): the DCT of the 8x8 window at every offset (y, x) < 16 of every region, as one convolution.
+
+        Offset (y, x) is the block of phase (y mod 8, x mod 8): four blocks of each phase a region."""
+        span = 3 * BLOCK - 1
+        return F.conv2d(luma[:, :, :span, :span], self.basis)
+
+    def forward(self, luma: torch.Tensor, weight: torch.Tensor) -> tuple[GridPhase, torch.Tensor]:
+        """The phase, and the (R, 64, 8, 8) coefficients of each region's first block at every phase (the lattice reads them)."""
+        coefficients = self.coefficients(luma)
+        regions = coefficients.shape[0]
+        integer_like = torch.cos(2 * math.pi * coefficients).mean(dim=1)  # (R, 16, 16)
+        per_region = integer_like.reshape(regions, 2, BLOCK, 2, BLOCK).mean(dim=(1, 3))  # (R, 8, 8): the four blocks of a phase
+        count = weight.sum().clamp(min=1.0)
+        scores = (per_region * weight[:, None, None]).sum(dim=0).flatten() / count  # (64,)
+        best, gap = lead(scores)
+        z = gap / torch.sqrt(0.5 / (count * 4 * 64))
+        sure = z >= SURE_Z
+
+        columns = self.blockiness((luma[:, 0, :, 1:] - luma[:, 0, :, :-1]).abs().mean(dim=1), weight)  # steps across columns
+        rows = self.blockiness((luma[:, 0, 1:, :] - luma[:, 0, :-1, :]).abs().mean(dim=2), weight)
+        blocky_z = torch.minimum(rows[1], columns[1])
+        blocky = ~sure & (blocky_z >= BLOCKY_Z)
+        dy = torch.where(blocky, rows[0], best // BLOCK)
+        dx = torch.where(blocky, columns[0], best % BLOCK)
+        return GridPhase(dy, dx, z, sure, blocky_z), coefficients[:, :, :BLOCK, :BLOCK]
+
+    def blockiness(self, steps: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best border phase of (R, side - 1) mean luma steps, and its lead in standard errors of the per-region leads."""
+        per_phase = steps @ self.borders.T  # (R, 8): mean step on each phase's borders
+        total = (per_phase * weight[:, None]).sum(dim=0)
+        best, _ = lead(total)
+        second = torch.topk(total, 2).indices[1]
+        gaps = per_phase[:, best] - per_phase[:, second]  # (R,)
+        count = weight.sum().clamp(min=2.0)
+        mean = (gaps * weight).sum() / count
+        spread = torch.sqrt(((gaps - mean) ** 2 * weight).sum() / (count - 1)).clamp(min=1e-6)
+        return best, mean / (spread / torch.sqrt(count))

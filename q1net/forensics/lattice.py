@@ -1,37 +1,59 @@
-"""The DCT-lattice verifier: which IJG quantisation table explains a decoded JPEG's luma coefficients.
+"""The DCT-lattice verifier: which quantisation table explains a decoded JPEG's luma coefficients, and how surely.
 
-On the coding grid, a decoded JPEG's luma coefficient at frequency f is
-s_f * k plus rounding noise (std `SIGMA`; `SIGMA_DC` for DC), where s_f is the quantiser step.
-For a candidate step s the likelihood of a coefficient c is
+On the coding grid, a decoded JPEG's luma coefficient at frequency f is s_f * k plus
+rounding noise (std `SIGMA`; `SIGMA_DC` for DC), where s_f is the quantiser step. For a
+candidate step s the likelihood of a coefficient c is
 
     p(c | s) = (1 - eps) * sum_k P(k | s) N(c - s k; SIGMA) + eps * p0(c)
 
-with P(k | s) the mass a Laplacian of the frequency's scale puts in the k-th
-quantisation bin (uniform for DC), and p0 the same Laplacian, unquantised,
-blurred by the noise: the "no lattice" model, also the outlier part. The sum
-of log p over blocks and frequencies scores each of the 100 IJG tables at
-once; the best is the lattice's quality. Its lead over p0, in nats per block,
-is the `strength` of the evidence: about 1 for quality 100, tens below, and
-at or below 0 for images never JPEG-coded, resized or filtered after coding.
+with P(k | s) the mass a Laplacian of the frequency's scale puts in the k-th quantisation
+bin (uniform for DC), and p0 the same Laplacian, unquantised, blurred by the noise: the
+"no lattice" model, also the outlier part. Summed over blocks, this scores each of the
+100 IJG tables; the best is the lattice's quality, and its lead over p0, in nats per unit
+of evidence, is the `strength`: about 1 at quality 100, tens below, at or under 0 for
+images never JPEG-coded, resized or filtered after coding.
 
-Tables whose score is within `TIE_NATS` of the best are all `plausible`: on
-a flat image several qualities share the steps of every frequency that has a
-non-zero coefficient, and the CNN chooses among them.
+What counts as evidence (issue #13: flat content must not look like a lattice):
+- AC coefficients of flat blocks (every AC within FLAT_AC of 0) fit every table and are
+  left out; the Laplacian scale is the noise-deconvolved one, so a frequency whose
+  coefficients are all noise is as well explained by p0 as by any lattice;
+- DC coefficients that repeat (a solid area's blocks all share one) count once together:
+  a block's DC weight is one over the number of blocks with the same DC.
+The evidence counts each non-flat block once and each flat one by its DC weight; under
+MIN_EVIDENCE there is no lattice answer at all.
+
+Tables whose score is within TIE_NATS of the best are `plausible`: the qualities the
+pixels cannot tell apart (on a flat-ish image several share every step that has a
+non-zero coefficient); their lowest and highest bound the answer's range.
+
+When mixing IJG steps per frequency fits much better than any one IJG table (`misfit`,
+nats per unit of evidence, over MISFIT_MAX: another encoder's or custom tables), each
+step's maximum-likelihood value over 1..255 answers instead, read as its IJG-equivalent
+quality (q1net.forensics.quant_tables); the range is then every IJG quality that could be
+the whole table's equivalent, whatever the steps the pixels do not pin down turn out to be.
+
+Double coding (q1 then q2 > q1 on the same grid) leaves coefficients on q2's lattice but
+only at the points s2 * round(s1 j / s2) that q1's levels reach: `double_gain` is how much
+better that model fits than the best single table (the per-frequency estimate, so that
+another encoder's table coded once is not mistaken for two IJG codings), in nats per unit
+of evidence, and `first_quality` the q1 that fits best. It is the positive evidence the
+recompression flag needs.
+
+Everything is written as fixed-shape tensor operations (no data-dependent control flow,
+no sort, median, erfc or scatter), so the same module runs in PyTorch, ONNX Runtime and
+ExecuTorch (q1net.predictor.program).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from q1net.forensics.dct import BLOCK, block_coefficients, cut_blocks, spread, to_luma, unclipped_blocks
-from q1net.forensics.grid import GridPhase
-from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, ijg_equivalent_quality
+from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, equivalent_index, ijg_distances, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
 # DC: in a flat block all 64 pixels round the same way, so the DC coefficient (8 x the mean) can be
@@ -40,231 +62,315 @@ SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and
 SIGMA_DC = 8 / math.sqrt(12)
 OUTLIER_SHARE = 0.05  # eps: coefficients off the lattice (noise, clipping we missed)
 DC_RANGE = 2048.0  # DC coefficients of 8-bit samples span [-1024, 1024)
-SCALE_FLOOR = 0.1  # smallest Laplacian scale of a frequency (all-zero frequencies)
-LATTICE_BLOCKS = 256  # unclipped blocks the fit reads, spread over the image
-MIN_BLOCKS = 4  # fewer unclipped blocks: no lattice evidence at all
+SCALE_FLOOR = 0.01  # smallest (noise-deconvolved) Laplacian scale of a frequency
+FLAT_AC = 1.0  # a block whose every AC coefficient is within this of 0 is flat: no AC evidence
+DC_SAME = 1.0  # DC coefficients this close are the same observation (a solid area's blocks)
+MIN_EVIDENCE = 4.0  # less evidence (non-flat blocks, flat ones by their DC weights): no lattice answer
 TIE_NATS = 5.0  # tables this close to the best log-likelihood are plausible too
-STRENGTH_MIN = 0.5  # nats per block over "no lattice" from which the evidence is strong (see q1net.predictor.inference)
-REACH = 6.0  # lattice points further than this many noise stds from a coefficient add nothing
-MISFIT_MAX = 8.0  # nats per block: IJG-coded images stay below 3 on val, other encoders' tables start near 20
-KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a non-zero level
+STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the evidence is strong
+# A lattice confirms a grid phase the detector was unsure of only from this strength: smooth never-coded or resized
+# images can fit the all-ones table of quality 100 by up to ~1.1 (test and val photos), quality 99 already reads 4.
+CONFIRM_STRENGTH = 2.0
+MISFIT_MAX = 8.0  # nats per unit of evidence: IJG-coded images stay below 3 on val, other encoders' tables start near 20
+KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a non-zero level of at least FLAT_AC
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
-# Screening: every table is first scored on SCREEN_BLOCKS of the blocks; only tables within SCREEN_NATS
-# of that screen's best are scored on all of them. A table that far behind on an eighth of the blocks
-# would need the rest to favour it by as much again to come back within TIE_NATS: on the
-# val photos at every condition the answers are the same as scoring every table (as tests/test_grid_lattice.py checks).
-SCREEN_BLOCKS = 32
-SCREEN_NATS = 50.0
-SCREEN_MISFIT_MAX = MISFIT_MAX / 2  # a screen misfit above this: maybe not an IJG table, score every table on every block
+FINE_STEP = 4  # AC steps below this get the lattice points either side of the nearest too (at 4 they are 6.7 SIGMA away)
+AC_SHIFTS = (-1, 0, 1)  # lattice points around the nearest: the next ones are 1.5 steps of 1 = 5 SIGMA away at least
+DC_SHIFTS = tuple(range(-14, 15))  # 6 SIGMA_DC / step 1 either side: the smallest DC step reaches this far
+DOUBLE_LEVELS = (-1, 0, 1)  # first-coding levels around c / s1 tried by the double model
+DETAIL_BLOCKS = 64  # the most textured blocks: the screen of the tables, the per-step estimate and the double model
+SCREEN_TABLES = 12  # tables scored on every block after the screen
+LOG_EPS, LOG_KEEP = math.log(OUTLIER_SHARE), math.log(1 - OUTLIER_SHARE)
 
 
-@dataclass(frozen=True)
-class LatticeFit:
-    quality: int  # IJG quality of the best-scoring table
-    strength: float  # nats per block of the best table over "no lattice"
-    plausible: tuple[int, ...]  # qualities within TIE_NATS of the best, ascending
-    blocks: int  # blocks the fit read
-    misfit: float  # nats per block that mixing IJG steps per frequency gains over the best IJG table
-    ijg: bool = True  # False: not an IJG table; `quality` is the IJG-equivalent of the estimated steps
-    steps: np.ndarray | None = field(default=None, repr=False)  # (64,) estimated luma steps, when estimated
-    known: np.ndarray | None = field(default=None, repr=False)  # (64,) which estimated steps the pixels pin down
-
-    @property
-    def strong(self) -> bool:
-        return self.strength >= STRENGTH_MIN
-
-
-def lattice_coefficients(pixels: np.ndarray, phase: GridPhase, blocks: int = LATTICE_BLOCKS) -> np.ndarray:
-    """(N, 64) luma DCT coefficients of up to `blocks` unclipped coding blocks on the grid at `phase`, spread evenly."""
-    rows, cols = np.nonzero(unclipped_blocks(pixels, phase.dy, phase.dx))  # row-major, like the blocks
-    pick = spread(len(rows), blocks)
-    rows, cols = rows[pick], cols[pick]
-    return block_coefficients(to_luma(cut_blocks(pixels, phase.dy + BLOCK * rows, phase.dx + BLOCK * cols)))
+def log_erfcx(z: torch.Tensor) -> torch.Tensor:
+    """log(exp(z^2) erfc(z)) for z >= 0, by Numerical Recipes' erfcc (relative error under 1.2e-7): no erfc operator needed."""
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (
+        1.00002368
+        + t
+        * (
+            0.37409196
+            + t
+            * (
+                0.09678418
+                + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))
+            )
+        )
+    )
+    return torch.log(t) + poly
 
 
-def _log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log p0: Laplace(0, scale) convolved with N(0, SIGMA^2), in closed form, in log space; uniform for DC."""
+def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log p0 of (N, 64) coefficients: Laplace(0, scale) convolved with N(0, SIGMA^2), in log space; uniform for DC.
+
+    p0(c) = e^(-c^2 / 2 sigma^2) / (4 b) [erfcx(z-) + erfcx(z+)], z-+ = (sigma^2 / b -+ c) / (sigma sqrt 2). For
+    z < 0, erfc(z) = 2 - erfc(-z) and e^(z^2) erfc(z) = 2 e^(z^2) - erfcx(-z).
+    """
     sigma = SIGMA
     gauss_log = -(c**2) / (2 * sigma**2)
-    base = sigma**2 / (2 * scale**2)
 
-    def log_term(z: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-        # log(exp(exponent) * erfc(z)), through erfcx where z >= 0 so nothing under- or overflows
-        return torch.where(
-            z < 0, exponent + torch.log(torch.erfc(z.clamp(max=0))), gauss_log + torch.log(torch.special.erfcx(z.clamp(min=0)))
-        )
+    def log_term(z: torch.Tensor) -> torch.Tensor:
+        positive = log_erfcx(z.abs())
+        negative = z**2 + torch.log(2 - torch.exp(positive - z**2))  # exp(-z^2) erfcx(|z|) = erfc(|z|), in (0, 1]
+        return torch.where(z >= 0, positive, negative)
 
     z_minus = (sigma**2 / scale - c) / (sigma * math.sqrt(2))
     z_plus = (sigma**2 / scale + c) / (sigma * math.sqrt(2))
-    log_p0 = torch.logaddexp(log_term(z_minus, base - c / scale), log_term(z_plus, base + c / scale)) - torch.log(4 * scale)
-    log_p0[:, 0] = -math.log(DC_RANGE)
-    return log_p0
+    log_p0 = gauss_log + torch.logaddexp(log_term(z_minus), log_term(z_plus)) - torch.log(4 * scale)
+    dc = torch.zeros_like(log_p0)
+    dc[:, 0] = 1.0
+    return torch.where(dc > 0, torch.full_like(log_p0, -math.log(DC_RANGE)), log_p0)
 
 
-def _log_lattice(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, dc: bool, shifts: range) -> torch.Tensor:
-    """log sum_k P(k | s) N(c - s k; sigma) over the lattice points `shifts` away from round(c / s).
-
-    `dc`: all columns are DC (uniform level prior, SIGMA_DC) or all are AC (Laplacian bins, SIGMA).
-    """
+def log_lattice_ac(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+    """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s); (N, P) for pairs (P,)."""
     nearest = torch.round(c / steps)
-    sigma = SIGMA_DC if dc else SIGMA
-    log_norm = -math.log(sigma * math.sqrt(2 * math.pi))
     ratio = steps / scale
     log_zero_bin = torch.log(-torch.expm1(-ratio / 2))
     log_bin_width = math.log(0.5) + torch.log(-torch.expm1(-ratio))  # a Laplacian's mass in bin k != 0, times exp((|k| - 1/2) s / b)
+    log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
     terms = []
     for shift in shifts:
-        level = nearest + shift if shift else nearest
-        if dc:
-            log_prior = torch.log(steps / DC_RANGE)
-        else:
-            size = level.abs()
-            log_prior = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
-        terms.append(log_prior + log_norm - 0.5 * ((c - steps * level) / sigma) ** 2)
-    return terms[0] if len(terms) == 1 else torch.stack(terms).logsumexp(dim=0)
+        level = nearest + shift
+        size = level.abs()
+        log_prior = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
+        terms.append(log_prior + log_norm - 0.5 * ((c - steps * level) / SIGMA) ** 2)
+    return terms[0] if len(terms) == 1 else torch.logsumexp(torch.stack(terms), dim=0)
 
 
-def _step_log_likelihood(
-    c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, is_dc: torch.Tensor, log_p0: torch.Tensor
-) -> torch.Tensor:
-    """Sum over blocks of log p(c | s) for columns of `c` (N, P) paired with `steps` (P,).
-
-    Each coefficient takes the lattice points within REACH noise stds: only the
-    nearest one for AC steps of 4 and up, a few for smaller AC steps, more for small DC steps.
-    """
-    log_lattice = torch.empty_like(c)
-    fine = steps < 2 * REACH * SIGMA  # a second lattice point can be within REACH stds
-    parts = ((is_dc, True, SIGMA_DC), (~is_dc & fine, False, SIGMA), (~is_dc & ~fine, False, 0.0))  # 0: the nearest point only
-    for part, dc, reach in parts:  # three large tensor operations
-        if part.any():
-            width = math.ceil(REACH * reach / float(steps[part].min()))
-            log_lattice[:, part] = _log_lattice(c[:, part], steps[part], scale[part], dc, range(-width, width + 1))
-    return torch.logaddexp(log_lattice + math.log(1 - OUTLIER_SHARE), log_p0 + math.log(OUTLIER_SHARE)).sum(dim=0)
+def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """log (s / DC_RANGE) sum_k N(c - s k; SIGMA_DC): DC levels are uniform a priori; (N, P) for (N, 1) DC and steps (P,)."""
+    nearest = torch.round(c / steps)
+    log_norm = -math.log(SIGMA_DC * math.sqrt(2 * math.pi))
+    terms = torch.stack([-0.5 * ((c - steps * (nearest + shift)) / SIGMA_DC) ** 2 for shift in DC_SHIFTS])
+    return torch.log(steps / DC_RANGE) + log_norm + torch.logsumexp(terms, dim=0)
 
 
-def _pairs(tables: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct (frequency, step) pairs of `tables` (T, 64) and each table's 64 indices into them."""
+class Pairs(NamedTuple):
+    """Distinct (frequency, step) pairs of candidate tables (T, 64), split by how their likelihood is computed."""
+
+    dc: tuple[torch.Tensor, torch.Tensor]  # (pair index, step) for DC
+    fine: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (pair index, frequency, step) for AC steps under FINE_STEP
+    coarse: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the other AC pairs: the nearest lattice point only
+    count: int
+    index: torch.Tensor  # (T, 64) each table's pair per frequency
+
+
+def make_pairs(tables: np.ndarray) -> Pairs:
     frequency = np.broadcast_to(np.arange(64), tables.shape)
     keys = frequency * (STEP_MAX + 1) + tables
     unique, inverse = np.unique(keys, return_inverse=True)
-    return (
-        torch.from_numpy(unique // (STEP_MAX + 1)),
-        torch.from_numpy((unique % (STEP_MAX + 1)).astype(np.float32)),
+    freq, step = unique // (STEP_MAX + 1), unique % (STEP_MAX + 1)
+    ids = np.arange(len(unique))
+
+    def part(mask: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return torch.from_numpy(ids[mask]), torch.from_numpy(freq[mask]), torch.from_numpy(step[mask].astype(np.float32))
+
+    dc_ids, _, dc_steps = part(freq == 0)
+    return Pairs(
+        (dc_ids, dc_steps),
+        part((freq > 0) & (step < FINE_STEP)),
+        part((freq > 0) & (step >= FINE_STEP)),
+        len(unique),
         torch.from_numpy(inverse.reshape(tables.shape)),
     )
 
 
-IJG_PAIRS = _pairs(IJG_LUMA_TABLES)  # 100 tables share about 4,800 (frequency, step) pairs
+def first_true(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the first True of a 1-D bool tensor (0 when none): argmax of a strictly decreasing score."""
+    order = torch.arange(mask.shape[-1], 0, -1, dtype=torch.float32)
+    return torch.argmax(mask.float() * order, dim=-1)
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for the fit: its tensors are small, and after a parallel op torch's OpenMP
-    workers spin for a while on the core the network runs on next (measured: ONNX Runtime 26 ms after a fit on
-    two threads, 19 after one on a single thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def last_true(mask: torch.Tensor) -> torch.Tensor:
+    order = torch.arange(1, mask.shape[-1] + 1, dtype=torch.float32)
+    return torch.argmax(mask.float() * order, dim=-1)
 
 
-def _pair_log_likelihoods(coefficients: np.ndarray, frequency: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, float]:
-    c = torch.from_numpy(np.asarray(coefficients, np.float32))
-    scale = c.abs().mean(dim=0).clamp(min=SCALE_FLOOR)  # ML Laplacian scale of each frequency
-    log_p0 = _log_no_lattice(c, scale)
-    pair = _step_log_likelihood(c[:, frequency], steps, scale[frequency], frequency == 0, log_p0[:, frequency])
-    return pair, float(log_p0.double().sum())
+class LatticeFit(NamedTuple):
+    """The verifier's answer, as tensors (scalars are 0-d). Qualities are on the IJG 1..100 scale."""
+
+    found: torch.Tensor  # bool: enough evidence for any lattice answer
+    quality: torch.Tensor  # best IJG table, or the estimated table's IJG-equivalent when not `ijg`
+    quality_low: torch.Tensor  # the range the pixels allow
+    quality_high: torch.Tensor
+    strength: torch.Tensor  # nats per unit of evidence over "no lattice"
+    ijg: torch.Tensor  # bool: one IJG table explains the coefficients
+    misfit: torch.Tensor
+    evidence: torch.Tensor  # non-flat blocks, and flat ones by their DC weights
+    plausible: torch.Tensor  # (100,) bool over IJG qualities
+    tables: torch.Tensor  # (100,) log-likelihood of each IJG table (-inf: screened out)
+    steps: torch.Tensor  # (64,) per-frequency ML steps, natural order
+    known: torch.Tensor  # (64,) bool: steps the pixels pin down
+    first_quality: torch.Tensor  # the earlier, lower quality the double model fits best
+    first_plausible: torch.Tensor  # (100,) bool: first qualities within TIE_NATS of it
+    double_gain: torch.Tensor  # nats per unit of evidence the double model gains over one table
+
+    @property
+    def strong(self) -> torch.Tensor:
+        return self.found & (self.strength >= STRENGTH_MIN)
+
+    @property
+    def confirms(self) -> torch.Tensor:
+        """Strong enough to confirm a grid phase the detector was unsure of."""
+        return self.found & (self.strength >= CONFIRM_STRENGTH)
 
 
-def _best_per_frequency(pair: torch.Tensor, frequency: torch.Tensor) -> torch.Tensor:
-    """(64,) highest log-likelihood among each frequency's candidate steps."""
-    return torch.full((64,), -math.inf, dtype=pair.dtype).scatter_reduce(0, frequency, pair, reduce="amax")
+class LatticeVerifier(nn.Module):
+    """(N, 64) on-grid luma DCT coefficients and an (N,) usable mask (unclipped blocks) -> LatticeFit."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.ijg = make_pairs(IJG_LUMA_TABLES)
+        self.all_steps = make_pairs(np.broadcast_to(np.arange(1, STEP_MAX + 1)[:, None], (STEP_MAX, 64)))
+        self.register_buffer("tables", torch.from_numpy(IJG_LUMA_TABLES.astype(np.float32)), persistent=False)
 
-ALL_STEPS = np.broadcast_to(np.arange(1, STEP_MAX + 1)[:, None], (STEP_MAX, 64))
-ALL_PAIRS = _pairs(ALL_STEPS)
+    @staticmethod
+    def weights(c: torch.Tensor, usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) AC weights (usable and not flat) and DC weights (usable, one over the count of usable blocks with the same DC)."""
+        ac = (usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)).float()
+        same = ((c[:, :1] - c[:, 0][None, :]).abs() < DC_SAME).float() * usable.float()[None, :]  # (N, N)
+        dc = usable.float() / same.sum(dim=1).clamp(min=1.0)
+        return ac, dc
 
+    @staticmethod
+    def scales(c: torch.Tensor, ac: torch.Tensor) -> torch.Tensor:
+        """(64,) Laplacian scale per frequency, with the rounding noise taken out: E c^2 = 2 b^2 + sigma^2."""
+        second = (c**2 * ac[:, None]).sum(dim=0) / ac.sum().clamp(min=1.0)
+        return torch.sqrt(torch.clamp(second - SIGMA**2, min=0.0) / 2).clamp(min=SCALE_FLOOR)
 
-@torch.no_grad()
-@one_thread()
-def estimate_table(coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-frequency ML quantiser steps (64,) from on-grid coefficients, which are known, and the total log-likelihood.
+    def pair_log_likelihoods(
+        self, pairs: Pairs, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
+    ) -> torch.Tensor:
+        """(P,) weighted sum over blocks of log p(c | s) for every pair of `pairs`."""
+        total = torch.zeros(pairs.count)
+        dc_ids, dc_steps = pairs.dc
+        dc_ll = torch.logaddexp(log_lattice_dc(c[:, :1], dc_steps) + LOG_KEEP, log_p0[:, :1] + LOG_EPS)
+        total = total.index_add(0, dc_ids, (dc_ll * dc[:, None]).sum(dim=0))
+        for (ids, freq, steps), shifts in ((pairs.fine, AC_SHIFTS), (pairs.coarse, (0,))):
+            columns = c[:, freq]
+            ll = torch.logaddexp(log_lattice_ac(columns, steps, scale[freq], shifts) + LOG_KEEP, log_p0[:, freq] + LOG_EPS)
+            total = total.index_add(0, ids, (ll * ac[:, None]).sum(dim=0))
+        return total
 
-    A step is known when at least KNOWN_MIN_NONZERO blocks quantise to a non-zero
-    level at it; a frequency whose coefficients are all zero only bounds its step.
-    """
-    frequency, steps, index = ALL_PAIRS
-    pair, _ = _pair_log_likelihoods(coefficients, frequency, steps)
-    best = ALL_STEPS[pair[index].numpy().argmax(axis=0), np.arange(64)]
-    levels = np.round(np.asarray(coefficients) / best)
-    known = (levels != 0).sum(axis=0) >= KNOWN_MIN_NONZERO
-    known[0] &= best[0] >= DC_KNOWN_MIN_STEP
-    return best.astype(int), known, float(_best_per_frequency(pair.double(), frequency).sum())
+    def table_log_likelihoods(
+        self, tables: torch.Tensor, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
+    ) -> torch.Tensor:
+        """(T,) weighted log-likelihood of whole tables (T, 64) on every block, dense (for a few tables)."""
+        steps = tables[None]  # (1, T, 64)
+        coefficient = c[:, None, :]  # (N, 1, 64)
+        ac_ll = log_lattice_ac(coefficient[..., 1:], steps[..., 1:], scale[None, None, 1:], AC_SHIFTS)
+        ac_ll = torch.logaddexp(ac_ll + LOG_KEEP, log_p0[:, None, 1:] + LOG_EPS)  # (N, T, 63)
+        dc_ll = torch.logaddexp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
+        return (ac_ll.sum(dim=2) * ac[:, None]).sum(dim=0) + (dc_ll * dc[:, None]).sum(dim=0)
 
+    def forward(self, c: torch.Tensor, usable: torch.Tensor) -> LatticeFit:
+        c = c.float()
+        ac, dc = self.weights(c, usable)
+        evidence = torch.maximum(ac, dc).sum()  # a textured block counts once; flat ones by their share of a DC value
+        scale = self.scales(c, ac)
+        log_p0 = log_no_lattice(c, scale)
+        no_lattice = (log_p0[:, 0] * dc).sum() + (log_p0[:, 1:] * ac[:, None]).sum()
+        per_unit = evidence.clamp(min=1.0)
 
-def _ijg_tables(coefficients: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(100,) log-likelihood of each IJG table, "no lattice"'s, and the misfit per block, every pair on every block."""
-    frequency, steps, index = IJG_PAIRS
-    pair, no_lattice = _pair_log_likelihoods(coefficients, frequency, steps)
-    pair = pair.double()
-    table = pair[index].sum(dim=1).numpy()
-    return table, no_lattice, float((_best_per_frequency(pair, frequency).sum() - table.max()) / len(coefficients))
+        # Screening: every table on the most textured blocks (they hold the non-zero levels that tell tables apart),
+        # then the SCREEN_TABLES best of them on every block. A table outside those that ties with the screen's best
+        # counts as plausible: the range stays honest when more tables tie than were scored in full.
+        top = torch.topk(c[:, 1:].abs().sum(dim=1) * ac + dc * 1e-3, min(DETAIL_BLOCKS, len(c))).indices
+        c_top, p0_top, ac_top, dc_top = c[top], log_p0[top], ac[top], dc[top]
+        top_unit = torch.maximum(ac_top, dc_top).sum().clamp(min=1.0)
+        screen_pairs = self.pair_log_likelihoods(self.ijg, c_top, scale, p0_top, ac_top, dc_top)
+        screen_by_table = screen_pairs[self.ijg.index]  # (100, 64)
+        screen = screen_by_table.sum(dim=1)
+        misfit = (screen_by_table.amax(dim=0).sum() - screen.max()) / top_unit
+        scored = torch.topk(screen, SCREEN_TABLES).indices
+        table = torch.full((len(IJG_QUALITIES),), -math.inf).index_put(
+            (scored,), self.table_log_likelihoods(self.tables[scored], c, scale, log_p0, ac, dc)
+        )
+        best = torch.argmax(table)
+        unscored_close = (screen >= screen.max() - TIE_NATS) & torch.isinf(table)
+        plausible = (table >= table[best] - TIE_NATS) | unscored_close
 
+        steps, known, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
+        estimated_over = (p0_top[:, 0] * dc_top).sum() + (p0_top[:, 1:] * ac_top[:, None]).sum()  # "no lattice" on the same blocks
+        log_steps = torch.log(steps)
+        equivalent = equivalent_index(ijg_distances(log_steps, known))
+        equivalent_set = possible_equivalents(log_steps, known, equivalent)
+        ijg = (misfit <= MISFIT_MAX) | ~known.any()
+        quality_index = torch.where(ijg, best, equivalent)
+        allowed = torch.where(ijg, plausible, equivalent_set)
+        strength = torch.where(ijg, (table[best] - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
 
-def ijg_table_scores(coefficients: np.ndarray, screen: bool = True) -> tuple[np.ndarray, float, float]:
-    """(100,) log-likelihood of each IJG table, "no lattice"'s, and the misfit per block.
+        # Double coding, against the best single table there is (the per-frequency estimate): another encoder's table,
+        # coded once, is that table, and no first IJG coding improves on it; two IJG codings leave gaps it cannot explain.
+        double = self.double_scores(c_top, scale, p0_top, ac_top, steps)
+        earlier = torch.arange(len(IJG_QUALITIES)) < best  # first codings at a lower quality than the best single IJG table
+        double = torch.where(earlier, double, torch.full_like(double, -math.inf))
+        first = torch.argmax(double)
+        first_plausible = double >= double[first] - TIE_NATS
+        single_ac = self.double_scores(c_top, scale, p0_top, ac_top, steps, steps[None])[0]
+        double_gain = torch.where(earlier.any(), (double[first] - single_ac) / top_unit, torch.zeros(()))
+        qualities = torch.from_numpy(IJG_QUALITIES.astype(np.float32))
+        return LatticeFit(
+            found=evidence >= MIN_EVIDENCE,
+            quality=qualities[quality_index],
+            quality_low=qualities[first_true(allowed)],
+            quality_high=qualities[last_true(allowed)],
+            strength=strength,
+            ijg=ijg,
+            misfit=misfit,
+            evidence=evidence,
+            plausible=allowed,
+            tables=table,
+            steps=steps,
+            known=known,
+            first_quality=qualities[first],
+            first_plausible=first_plausible,
+            double_gain=double_gain.clamp(min=0.0),
+        )
 
-    With `screen`, tables far behind on the screen's blocks are not scored on the
-    rest (-inf). The misfit needs every pair on every block; it is then measured
-    on the screen, and only when that reads well under MISFIT_MAX (an IJG-coded
-    image) is the screening taken; otherwise everything is scored on every block.
-    """
-    screened = coefficients[spread(len(coefficients), SCREEN_BLOCKS)]
-    if not screen or len(screened) == len(coefficients):
-        return _ijg_tables(coefficients)
-    table, _, misfit = _ijg_tables(screened)
-    if misfit > SCREEN_MISFIT_MAX:
-        return _ijg_tables(coefficients)
-    frequency, steps, index = IJG_PAIRS
-    candidates = np.flatnonzero(table >= table.max() - SCREEN_NATS)
-    used = torch.from_numpy(np.unique(index[candidates].numpy()))
-    used_pair, no_lattice = _pair_log_likelihoods(coefficients, frequency[used], steps[used])
-    pair = torch.zeros(len(frequency), dtype=torch.float64)
-    pair[used] = used_pair.double()
-    table = np.full(len(IJG_QUALITIES), -math.inf)
-    table[candidates] = pair[index[candidates]].sum(dim=1).numpy()
-    return table, no_lattice, misfit
+    def estimate(
+        self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Per-frequency ML steps over 1..255 (64,), which are known, and the total log-likelihood of that table."""
+        pair = self.pair_log_likelihoods(self.all_steps, c, scale, log_p0, ac, dc)
+        by_step = pair[self.all_steps.index]  # (255, 64)
+        best = torch.argmax(by_step, dim=0)
+        steps = (best + 1).float()
+        levels = torch.round(c / steps[None, :])
+        weight = torch.cat([dc[:, None] > 0, (ac[:, None] > 0).expand(-1, 63)], dim=1)
+        clear = (levels != 0) & (c.abs() >= FLAT_AC) & weight  # a level rounding noise (|c| < FLAT_AC) cannot make
+        known = clear.sum(dim=0) >= KNOWN_MIN_NONZERO
+        known = known & torch.cat([steps[:1] >= DC_KNOWN_MIN_STEP, torch.ones(63, dtype=torch.bool)])
+        return steps, known, by_step.amax(dim=0).sum()
 
+    def double_scores(
+        self,
+        c: torch.Tensor,
+        scale: torch.Tensor,
+        log_p0: torch.Tensor,
+        ac: torch.Tensor,
+        second: torch.Tensor,
+        first: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(T,) AC log-likelihood of "first coded with table t of `first` (default: the 100 IJG tables), then with `second`".
 
-@torch.no_grad()
-@one_thread()
-def fit_lattice(coefficients: np.ndarray, estimate: bool = False) -> LatticeFit | None:
-    """The quality whose table best explains (N, 64) on-grid luma coefficients; None with too few blocks.
-
-    IJG tables are scored directly (after screening, above). When mixing IJG steps per frequency fits much
-    better than any one IJG table (`misfit` over MISFIT_MAX: another encoder's or
-    custom tables), or with `estimate`, every step is estimated on its own and the
-    answer is the estimated table's IJG-equivalent quality (q1net.forensics.quant_tables).
-    """
-    if len(coefficients) < MIN_BLOCKS:
-        return None
-    blocks = len(coefficients)
-    table, no_lattice, misfit = ijg_table_scores(coefficients)
-    best = int(table.argmax())
-    fit = LatticeFit(
-        quality=int(IJG_QUALITIES[best]),
-        strength=float((table[best] - no_lattice) / blocks),
-        plausible=tuple(int(q) for q in IJG_QUALITIES[table >= table[best] - TIE_NATS]),
-        blocks=blocks,
-        misfit=misfit,
-    )
-    if not (estimate or misfit > MISFIT_MAX):
-        return fit
-    table_steps, known, log_likelihood = estimate_table(coefficients)
-    fit = replace(fit, steps=table_steps, known=known)
-    if misfit <= MISFIT_MAX or not known.any():
-        return fit
-    quality = ijg_equivalent_quality(table_steps, known)
-    return replace(fit, quality=quality, plausible=(quality,), strength=(log_likelihood - no_lattice) / blocks, ijg=False)
+        A first-coding level j at step s1 lands on s2 * round(s1 j / s2); its prior is the Laplacian bin mass at s1.
+        With `first` = `second` this is the single table's AC likelihood under the same approximations.
+        The DC is the second table's either way and is left out.
+        """
+        first = self.tables if first is None else first
+        s1, s2 = first[:, 1:, None, None], second[None, 1:, None, None]  # (T, 63, 1, 1), (1, 63, 1, 1)
+        coefficient, b = c[:, 1:].T[None, :, :, None], scale[1:][None, :, None, None]  # (1, 63, N, 1)
+        level = torch.round(coefficient / s1) + torch.tensor(DOUBLE_LEVELS, dtype=torch.float32)  # (100, 63, N, L)
+        landed = s2 * torch.round(s1 * level / s2)
+        ratio = s1 / b
+        size = level.abs()
+        log_prior = torch.where(
+            size == 0, torch.log(-torch.expm1(-ratio / 2)), math.log(0.5) + torch.log(-torch.expm1(-ratio)) - (size - 0.5) * ratio
+        )
+        log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
+        lattice = torch.logsumexp(log_prior + log_norm - 0.5 * ((coefficient - landed) / SIGMA) ** 2, dim=3)  # (100, 63, N)
+        ll = torch.logaddexp(lattice + LOG_KEEP, log_p0[:, 1:].T[None] + LOG_EPS)
+        return (ll * ac[None, None, :]).sum(dim=(1, 2))

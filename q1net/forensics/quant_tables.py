@@ -14,6 +14,7 @@ the step: a step of 2 against 1 is as far as 40 against 20.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 
@@ -46,6 +47,20 @@ def ijg_luma_table(quality: int) -> np.ndarray:
 
 IJG_QUALITIES = np.arange(QUALITY_MIN, QUALITY_MAX + 1)
 IJG_LUMA_TABLES = np.stack([ijg_luma_table(int(q)) for q in IJG_QUALITIES])  # (100, 64), row q - 1
+LOG_IJG_TABLES = np.log(IJG_LUMA_TABLES).astype(np.float32)
+COMPLETION_LEVELS = 8  # unknown steps of an estimated table are completed from IJG tables this close (possible_equivalents)
+
+
+def ijg_distances(log_steps: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(..., 100) mean squared log-step distance of tables (..., 64) (as logs) to each IJG table, over the `known` frequencies."""
+    tables = torch.from_numpy(LOG_IJG_TABLES).to(log_steps.dtype)
+    weight = known.to(log_steps.dtype)[..., None, :]
+    return ((tables - log_steps[..., None, :]) ** 2 * weight).sum(dim=-1) / weight.sum(dim=-1).clamp(min=1.0)
+
+
+def equivalent_index(distance: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest IJG table in (..., 100) distances; ties go to the higher quality."""
+    return distance.shape[-1] - 1 - torch.argmin(torch.flip(distance, dims=[-1]), dim=-1)
 
 
 def ijg_equivalent_quality(table: np.ndarray, known: np.ndarray | None = None) -> int:
@@ -58,6 +73,19 @@ def ijg_equivalent_quality(table: np.ndarray, known: np.ndarray | None = None) -
     known = np.ones(64, bool) if known is None else np.asarray(known, bool).reshape(64)
     if not known.any():
         raise ValueError("no known quantiser step to compare")
-    distance = ((np.log(IJG_LUMA_TABLES[:, known]) - np.log(table[known])) ** 2).mean(axis=1)
-    best = np.flatnonzero(distance == distance.min())
-    return int(IJG_QUALITIES[best[-1]])
+    distance = ijg_distances(torch.from_numpy(np.log(table)), torch.from_numpy(known))
+    return int(IJG_QUALITIES[int(equivalent_index(distance))])
+
+
+def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, around: torch.Tensor) -> torch.Tensor:
+    """(100,) bool: the IJG qualities that can be the whole table's equivalent, given only its `known` steps (as logs).
+
+    The unknown steps are completed in turn with the steps of each IJG table within COMPLETION_LEVELS of
+    quality index `around` (the known steps' equivalent: other encoders' tables follow IJG's shape
+    loosely, not as far as a table many levels away), and every equivalent of such a completed table is possible.
+    """
+    tables = torch.from_numpy(LOG_IJG_TABLES).to(log_steps.dtype)  # (100, 64)
+    completed = torch.where(known[None, :], log_steps[None, :], tables)  # (completion, 64)
+    nearest = equivalent_index(((tables[None, :, :] - completed[:, None, :]) ** 2).mean(dim=-1))  # (completion,)
+    near = (torch.arange(len(tables)) - around).abs() <= COMPLETION_LEVELS
+    return torch.zeros(len(tables), dtype=torch.bool).index_put((nearest,), near)

@@ -20,8 +20,9 @@ from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 from q1net.models.peers import PeerNetwork, centre_crop
 from q1net.models.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
-from q1net.predictor.engines import TorchEngine
-from q1net.predictor.inference import BLOCKS_DEFAULT, TAU_DEFAULT, TAU_GRID, decide, sample_blocks, score_patches
+from q1net.predictor.inference import BLOCKS_DEFAULT, TAU_DEFAULT, TAU_GRID
+from q1net.predictor.program import Q1Program, cut_regions
+from q1net.predictor.rules import vote
 from q1net.predictor.weights import WeightsError, load_net_file
 from q1net.tools.plots import confusion_image, confusion_matrix, zoom_patch
 
@@ -141,26 +142,31 @@ class QualityModule(LightningModule):
         if self.trainer.sanity_checking or not images:
             self._gallery = None
             return
-        engine = TorchEngine(self.net, self.device)
-        scores = [score_patches(self.net, engine, sample_blocks(decoded, self.blocks).patches) for decoded, _ in images]
+        program = Q1Program(self.net, self.tau, blocks=self.blocks).to(self.device)
+        scores = []
+        for decoded, _ in images:
+            regions, rows, cols = (torch.from_numpy(a) for a in cut_regions(decoded, per_side=program.per_side))
+            scores.append(program.network_alone(regions.to(self.device), rows.to(self.device), cols.to(self.device)))
         true = np.array([quality for _, quality in images])
-        predicted = np.array([decide(quality, confidence, self.tau).quality for quality, confidence in scores])
+        predicted = np.array([float(vote(*score, self.tau).quality) for score in scores])
         log_image_scores(self, true, predicted)
         if scores[0][1] is not None:
-            self._log_confidence_scores(scores, true, datamodule.solid_val_set, engine)
+            self._log_confidence_scores(scores, true, datamodule.solid_val_set)
         self._log_pictures(true, predicted)
         self._gallery = None
 
-    def _log_confidence_scores(self, scores: list, true: np.ndarray, solid: torch.Tensor | None, engine: TorchEngine) -> None:
+    def _log_confidence_scores(self, scores: list, true: np.ndarray, solid: torch.Tensor | None) -> None:
         """The image MAE at the best tau of TAU_GRID (runs with other confidence scales compare fairly), and the
         share of solid-colour patches above tau (the confidence head should distrust every one of them)."""
-        by_tau = {tau: np.mean([abs(decide(q, c, tau).quality - t) for (q, c), t in zip(scores, true, strict=True)]) for tau in TAU_GRID}
+        by_tau = {
+            tau: np.mean([abs(float(vote(*score, tau).quality) - t) for score, t in zip(scores, true, strict=True)]) for tau in TAU_GRID
+        }
         best = min(by_tau, key=by_tau.get)
         self.log("val/image_mae_best_tau", float(by_tau[best]), sync_dist=True)
         self.log("val/best_tau", float(best), sync_dist=True)
         if solid is not None:
-            _, confidence = score_patches(self.net, engine, solid.numpy())
-            self.log("val/solid_above_tau", float((confidence > self.tau).mean()), sync_dist=True)
+            _, confidence = self.net.quality_confidence(self(solid.to(self.device)))
+            self.log("val/solid_above_tau", float((confidence > self.tau).float().mean()), sync_dist=True)
 
     def _log_pictures(self, true: np.ndarray, predicted: np.ndarray) -> None:
         loggers = [logger for logger in self.loggers if isinstance(logger, WandbLogger)]

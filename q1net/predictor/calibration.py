@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from q1net.models.q1net import QUALITY_SCALE
 
@@ -50,7 +51,16 @@ class Calibration:
         return bool(np.allclose(self.values, self.knots))
 
     def __call__(self, quality: np.ndarray) -> np.ndarray:
-        return np.interp(quality, self.knots, self.values)
+        return self.apply(torch.as_tensor(np.asarray(quality, np.float64))).numpy()
+
+    def apply(self, quality: torch.Tensor) -> torch.Tensor:
+        """The map on a tensor, as numpy's interp (flat beyond the end knots), written as a sum of clamped ramps:
+        fixed-shape operations the exported programs run too."""
+        knots = torch.tensor(self.knots, dtype=quality.dtype, device=quality.device)
+        values = torch.tensor(self.values, dtype=quality.dtype, device=quality.device)
+        slopes = torch.diff(values) / torch.diff(knots)
+        ramps = torch.clamp(quality[..., None], knots[:-1], knots[1:]) - knots[:-1]
+        return values[0] + (ramps * slopes).sum(dim=-1)
 
     def as_dict(self) -> dict[str, list[float]]:
         return {"knots": [round(k, 4) for k in self.knots], "values": [round(v, 4) for v in self.values]}

@@ -61,6 +61,40 @@ class Decoded:
     pixels: np.ndarray  # (H, W, 3) uint8
     jpeg_luma_table: np.ndarray | None = None  # (64,) natural order: a JPEG file's own luma quantisation table
     notes: tuple[str, ...] = ()  # what the conversion did that a user should know (first frame only, alpha ignored, ...)
+    codec: str | None = None  # another lossy codec the file was coded with (`lossy_codec`): its quality is not a JPEG one
+
+
+LOSSY_FORMATS = {"JPEG2000": "JPEG 2000", "AVIF": "AVIF", "HEIF": "HEIF"}  # Pillow formats that are lossy (as usually written)
+
+
+def webp_is_lossy(head: bytes) -> bool:
+    """A WebP file's image chunk, read from its first bytes: "VP8 " is lossy, "VP8L" lossless (RIFF chunks after the header)."""
+    offset = 12
+    while offset + 8 <= len(head):
+        fourcc, size = head[offset : offset + 4], int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if fourcc in (b"VP8 ", b"VP8L"):
+            return fourcc == b"VP8 "
+        offset += 8 + size + (size & 1)
+    return True  # no image chunk in reach (an animation's frames come later): say lossy, the cautious answer
+
+
+def lossy_codec(image: Image.Image, head: bytes) -> str | None:
+    """The lossy codec other than JPEG that `image` (whose file starts with `head`) was coded with, if any."""
+    if image.format == "WEBP":
+        return "WebP (lossy)" if webp_is_lossy(head) else None
+    return LOSSY_FORMATS.get(image.format or "")
+
+
+def file_head(path: str | os.PathLike[str] | BinaryIO, size: int = 1 << 16) -> bytes:
+    """The first `size` bytes of a file, by path or from a seekable file object (its position kept)."""
+    if isinstance(path, (str, os.PathLike)):
+        with open(path, "rb") as file:
+            return file.read(size)
+    position = path.tell()
+    path.seek(0)
+    head = path.read(size)
+    path.seek(position)
+    return head
 
 
 def conversion_notes(image: Image.Image) -> tuple[str, ...]:
@@ -101,7 +135,8 @@ def read_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int = MAX_PI
                 if width * height > max_pixels:
                     raise ImageReadError(path, f"{width}x{height} is over the {max_pixels}-pixel limit")
                 image.load()
-                return Decoded(to_rgb_array(image), jpeg_luma_table(image), conversion_notes(image))
+                codec = lossy_codec(image, file_head(path)) if image.format in ("WEBP", *LOSSY_FORMATS) else None
+                return Decoded(to_rgb_array(image), jpeg_luma_table(image), conversion_notes(image), codec)
     except ImageReadError:
         raise
     except FileNotFoundError:

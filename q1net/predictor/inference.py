@@ -1,175 +1,63 @@
-"""From an image to one quality level: find the grid, score blocks, check the lattice, decide.
+"""From an image to one quality level and the range its pixels allow: the host around the program.
 
-Steps, each measured once per image into an `Evidence`:
-1. the coding grid's phase (q1net.forensics.grid), so cropped images are read on their grid;
-2. the CNN on n x n blocks of that grid (the published rule, below), its
-   qualities read through the weights' calibration (q1net.predictor.calibration);
-3. the DCT-lattice fit (q1net.forensics.lattice) on the same grid;
-4. for JPEG files, the header's own luma table.
-`combine` then turns evidence into one answer (`method` says which evidence decided):
-- "hybrid" (default): a strong lattice answers, choosing among its plausible
-  qualities the one nearest the CNN's; a weak lattice (never JPEG-coded,
-  resized, filtered, tiny) leaves the CNN's answer. When the CNN sees a clearly
-  lower quality than the lattice or the header (more than AGREE_LEVELS, with at
-  least MIN_SUPPORT of the blocks voting: on mostly flat images a handful of
-  flat blocks look heavily compressed), the
-  image was coded again at a higher quality: the CNN's lower answer stands and
-  `recompressed` is set. When no single IJG table fits (another encoder's
-  tables, or a JPEG coded again at a higher quality, whose coefficients mix two
-  lattices and read as an in-between quality) the lower of the two answers
-  stands: the first, stronger compression is what the CNN sees.
-- "cnn": the CNN alone (what the mobile exports compute); "lattice": the lattice alone.
-
-The published rule (REFERENCE.md): n x n blocks spread uniformly on the 8x8
-grid, run as one batch, keep predictions whose confidence is strictly above
-tau, answer the median of the kept qualities.
-
-When no block passes tau the published code answers 100. That hides the
-failure and is wrong for most such images (flat, tiny or heavily filtered
-ones are not all near-lossless). Here the answer is instead the median
-quality of the most confident quarter of the blocks, and the result says so
-with `fallback=True`, so a caller can treat it as a low-confidence answer.
+`Predictor` reads an image (q1net.predictor.images), cuts the regions the program reads
+(q1net.predictor.program.cut_regions), gathers the program's evidence with the network on
+the fastest engine here (q1net.predictor.engines), and applies the program's rules: the
+very module `q1net export` lowers, so a phone and `q1net predict` compute the same answer.
+The host adds what only a file can tell:
+- a JPEG's own luma table, read as its IJG-equivalent (`header_quality`). When the pixels'
+  determined range lies more than HEADER_MARGIN levels under it, the file was coded again
+  at a higher quality after an earlier, lower one: `recompressed`;
+- another lossy codec (WebP, JPEG 2000): its quality is not a JPEG one, so a JPEG quality
+  is `determined` only where a JPEG lattice was found in the pixels, and `notes` say so.
+Method "hybrid" (default) weighs the CNN against the DCT lattice; "cnn" is the network
+alone (the paper's method); "lattice" the lattice alone (q1net.predictor.rules).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
-from q1net.data.geometry import GEOMETRY, PatchGeometry
-from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
-from q1net.forensics.grid import GridPhase, detect_grid
-from q1net.forensics.lattice import LatticeFit, fit_lattice, lattice_coefficients
+from q1net.data.geometry import GEOMETRY
 from q1net.forensics.quant_tables import ijg_equivalent_quality
 from q1net.models.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
 from q1net.predictor.engines import Engine, EngineName, make_engine
 from q1net.predictor.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
+from q1net.predictor.program import Evidence, Q1Program, cut_regions
+from q1net.predictor.rules import METHOD_CODES
 from q1net.predictor.weights import DEFAULT_PRETRAINED, load_net_file, load_weights, pretrained_path
 
 TAU_DEFAULT = 96.0  # confidence threshold found by grid search in the paper
 TAU_GRID = tuple(np.round(np.arange(80.0, 99.51, 0.5), 2))  # the thresholds tune-tau and training's validation search
 BLOCKS_DEFAULT = 16  # blocks per side: 16 x 16 = 256 patches
-FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share
-MIN_SUPPORT = 0.1  # share of blocks voting from which the CNN may overrule a strong lattice
-AGREE_LEVELS = 12.0  # CNN below the lattice/header by more than this: recompressed (CNN's max test error is about 9)
+HEADER_MARGIN = 5.0  # the pixels' range this far under the header's quality: coded again at a higher quality
 # numpy's BLAS (OpenBLAS) threads spin for a while after each product and take the cores that the
 # lattice fit and the network run on next; its products here are small, so it runs on one thread
 # while an image is read (measured: a 2 MP predict 67 -> 47 ms on 2 cores).
 BLAS = ThreadpoolController()
 Method = Literal["hybrid", "cnn", "lattice"]
 METHODS: tuple[str, ...] = get_args(Method)
+METHOD_NAMES = {code: name for name, code in METHOD_CODES.items()}
 
 
 @dataclass(frozen=True)
-class BlockSample:
-    """Patches cut on the coding grid: (N, 3, P, P) uint8 with their top-left corners."""
+class ImageEvidence:
+    """What one image shows, measured once: the program's evidence and what the file itself says."""
 
-    patches: np.ndarray
-    rows: np.ndarray  # (ny,) patch top rows
-    cols: np.ndarray  # (nx,) patch left columns
-
-
-def sample_blocks(image: np.ndarray, blocks: int = BLOCKS_DEFAULT, geometry: PatchGeometry = GEOMETRY) -> BlockSample:
-    """Up to `blocks` x `blocks` patches of `image` (H, W, 3) uint8, row-major over the grid."""
-    if blocks < 1:
-        raise ValueError(f"blocks must be at least 1, got {blocks}")
-    height, width = image.shape[:2]
-    rows, cols = geometry.aligned_starts(height, blocks), geometry.aligned_starts(width, blocks)
-    if not len(rows) or not len(cols):
-        raise ValueError(f"image of {width}x{height} is smaller than one {geometry.patch}x{geometry.patch} patch")
-    windows = sliding_window_view(image, (geometry.patch, geometry.patch), axis=(0, 1))  # (h, w, 3, P, P)
-    patches = windows[rows[:, None], cols[None, :]].reshape(-1, image.shape[2], geometry.patch, geometry.patch)
-    return BlockSample(np.ascontiguousarray(patches), rows, cols)
-
-
-@dataclass(frozen=True)
-class Decision:
-    quality: float
-    blocks_used: int
-    fallback: bool  # nothing passed tau: see the module docstring
-    kept: np.ndarray = field(repr=False)  # (N,) bool, the blocks that voted
-
-    @property
-    def support(self) -> float:
-        """Share of the sampled blocks that voted; 0 on a fallback."""
-        return 0.0 if self.fallback else self.blocks_used / len(self.kept)
-
-
-def decide(quality: np.ndarray, confidence: np.ndarray | None, tau: float = TAU_DEFAULT) -> Decision:
-    """The tau rule: median quality of blocks with confidence > tau (all blocks when there is no confidence)."""
-    if confidence is None:
-        kept = np.ones(len(quality), bool)
-        return Decision(on_scale(np.median(quality)), len(quality), False, kept)
-    kept = confidence > tau
-    fallback = not kept.any()
-    if fallback:
-        share = max(1, int(np.ceil(FALLBACK_SHARE * len(confidence))))
-        kept = np.zeros(len(confidence), bool)
-        kept[np.argsort(-confidence, kind="stable")[:share]] = True
-    return Decision(on_scale(np.median(quality[kept])), int(kept.sum()), fallback, kept)
-
-
-def on_scale(quality: float) -> float:
-    """The IJG scale is 1..100; the sigmoid head can say 0.6 for a block coded at 1."""
-    return float(np.clip(quality, QUALITY_MIN, QUALITY_MAX))
-
-
-@torch.no_grad()
-def score_patches(net: Q1Network, engine: Engine, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-patch (quality, confidence) of a Q1Network run by `engine` on (N, 3, P, P) uint8 patches."""
-    quality, confidence = net.quality_confidence(engine(patches))
-    return quality.numpy(), None if confidence is None else confidence.numpy()
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What one image shows, measured once; any tau or method is applied to it afterwards."""
-
-    phase: GridPhase
-    sample: BlockSample  # rows and cols in the image's own coordinates
-    quality: np.ndarray  # (N,) the CNN's per-block qualities, calibrated (q1net.predictor.calibration)
-    confidence: np.ndarray | None  # (N,) and confidences (None for a plain regressor)
-    lattice: LatticeFit | None  # None when not computed or too few usable blocks
-    header_quality: int | None  # IJG-equivalent quality of a JPEG file's own luma table
+    evidence: Evidence
+    rows: np.ndarray  # (n,) region starts in the image (the program's input)
+    cols: np.ndarray
+    header_quality: int | None = None  # IJG-equivalent quality of a JPEG file's own luma table
+    codec: str | None = None  # another lossy codec the file was coded with (q1net.predictor.images)
     notes: tuple[str, ...] = ()  # from reading the image (q1net.predictor.images.conversion_notes)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    quality: float
-    method: str  # the evidence that decided: "cnn" or "lattice"
-    recompressed: bool
-
-
-def combine(
-    cnn_quality: float, lattice: LatticeFit | None, header_quality: int | None, method: Method = "hybrid", cnn_support: float = 1.0
-) -> Verdict:
-    """One answer from the CNN's, the lattice's and the header's evidence (rules in the module docstring).
-
-    `cnn_support` is the share of sampled blocks that voted (0 on a fallback): below MIN_SUPPORT
-    the CNN's answer rests on a few, often flat, blocks and may not overrule a strong lattice.
-    """
-    if method == "lattice" and lattice is not None:
-        return Verdict(float(lattice.quality), "lattice", header_quality is not None and lattice.quality < header_quality - AGREE_LEVELS)
-    strong = lattice is not None and lattice.strong
-    lattice_quality = min(lattice.plausible, key=lambda q: abs(q - cnn_quality)) if strong else None
-    trusted = cnn_support >= MIN_SUPPORT
-    seen_again = trusted and lattice_quality is not None and cnn_quality < lattice_quality - AGREE_LEVELS
-    mixed = trusted and lattice_quality is not None and not lattice.ijg and cnn_quality < lattice_quality  # module docstring
-    if method == "cnn" or lattice_quality is None or seen_again or mixed:
-        quality, decided_by = cnn_quality, "cnn"
-    else:
-        quality, decided_by = float(lattice_quality), "lattice"
-    recompressed = seen_again or (header_quality is not None and quality < header_quality - AGREE_LEVELS)
-    return Verdict(quality, decided_by, recompressed)
 
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
@@ -177,9 +65,12 @@ ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer. `fallback` means no block passed tau (see the module docstring)."""
+    """One image's answer and the range of qualities its pixels allow. `fallback` means no block passed tau."""
 
-    quality: float
+    quality: float  # the best single estimate
+    quality_low: int  # the inclusive IJG qualities consistent with the evidence
+    quality_high: int
+    determined: bool  # False: the range is wide or no evidence was usable (flat, tiny, graphic, no grid found)
     confidence: float | None  # median confidence of the blocks that voted (None for a plain regressor)
     blocks_used: int
     blocks_sampled: int
@@ -187,24 +78,27 @@ class Prediction:
     method: str  # which evidence decided: "cnn" or "lattice"
     cnn_quality: float
     lattice_quality: int | None
-    lattice_strength: float | None  # nats per block over "no lattice"; strong from q1net.forensics.lattice.STRENGTH_MIN
-    grid: tuple[int, int]  # (dy, dx) of the coding grid
-    grid_sure: bool  # False: no grid stood out and (0, 0) was assumed
+    lattice_strength: float | None  # nats per unit of evidence over "no lattice"; strong from q1net.forensics.lattice.STRENGTH_MIN
+    grid: tuple[int, int]  # (dy, dx) of the coding grid the blocks were read on
+    grid_sure: bool  # False: no grid was found and (0, 0) was assumed
     header_quality: int | None  # JPEG files: the header table's IJG-equivalent quality
-    recompressed: bool  # the pixels show an earlier, lower quality than the lattice or header
+    recompressed: bool  # the pixels show two codings, or an earlier, lower quality than the header
     source: str | None = None  # the path, when the input was one
-    notes: tuple[str, ...] = ()  # what reading the image did that matters (first frame only, alpha ignored, ...)
+    notes: tuple[str, ...] = ()  # what reading the image did that matters, and why an answer is undetermined
     table: list[int | None] | None = None  # estimated luma steps (natural order, None = not pinned down), on request
-    block_quality: np.ndarray | None = field(default=None, repr=False)  # (ny, nx) grid, with return_blocks
+    block_quality: np.ndarray | None = field(default=None, repr=False)  # (n, n) grid, with return_blocks
     block_confidence: np.ndarray | None = field(default=None, repr=False)
-    block_kept: np.ndarray | None = field(default=None, repr=False)  # (ny, nx) bool: the blocks that voted
-    block_rows: np.ndarray | None = field(default=None, repr=False)  # patch top rows (ny,)
-    block_cols: np.ndarray | None = field(default=None, repr=False)  # patch left columns (nx,)
+    block_kept: np.ndarray | None = field(default=None, repr=False)  # (n, n) bool: the blocks that voted
+    block_rows: np.ndarray | None = field(default=None, repr=False)  # patch top rows (n,)
+    block_cols: np.ndarray | None = field(default=None, repr=False)  # patch left columns (n,)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "path": self.source,
             "quality": round(self.quality, 2),
+            "quality_low": self.quality_low,
+            "quality_high": self.quality_high,
+            "determined": self.determined,
             "confidence": None if self.confidence is None else round(self.confidence, 2),
             "blocks_used": self.blocks_used,
             "blocks_sampled": self.blocks_sampled,
@@ -236,6 +130,13 @@ def read_input(image: ImageInput, max_pixels: int = MAX_PIXELS_DEFAULT) -> Decod
     return read_image(image, max_pixels)
 
 
+def check_size(pixels: np.ndarray) -> None:
+    """Images need one 16x16 patch; smaller ones are refused with the usual one-line error."""
+    height, width = pixels.shape[:2]
+    if height < GEOMETRY.patch or width < GEOMETRY.patch:
+        raise ValueError(f"image of {width}x{height} is smaller than one {GEOMETRY.patch}x{GEOMETRY.patch} patch")
+
+
 class Predictor:
     """Q1Net's image-level answer: `Predictor.from_pretrained().predict("img.png").quality`."""
 
@@ -252,11 +153,15 @@ class Predictor:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {blocks}")
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
         self.net = net.eval().to(self.device)
-        self.engine = make_engine(self.net, engine, self.device)  # q1net.predictor.engines: ONNX Runtime on CPU unless told otherwise
+        self.engine: Engine = make_engine(self.net, engine, self.device)  # ONNX Runtime on CPU unless told otherwise
         self.tau, self.blocks, self.method, self.max_pixels = tau, blocks, method, max_pixels
         self.calibration = calibration or Calibration()  # identity unless the weights carry a tuned one
+        self.program = Q1Program(net.cpu(), tau, self.calibration, blocks, method=method).eval()
+        self.net.to(self.device)
 
     @classmethod
     def from_pretrained(
@@ -283,88 +188,108 @@ class Predictor:
         return self.predict_batch([image], return_blocks, show_table)[0]
 
     def predict_batch(self, images: list[ImageInput], return_blocks: bool = False, show_table: bool = False) -> list[Prediction]:
-        """Several images, their blocks scored in one forward pass. `show_table` estimates every luma step too."""
-        evidence = self.gather([read_input(image, self.max_pixels) for image in images], estimate_table=show_table)
+        """Several images. `show_table` reports the 64 luma steps estimated from the pixels too."""
+        evidence = self.gather([read_input(image, self.max_pixels) for image in images])
         return [
-            self.resolve(found, source=os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else None, return_blocks=return_blocks)
+            self.resolve(
+                found,
+                source=os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else None,
+                return_blocks=return_blocks,
+                show_table=show_table,
+            )
             for image, found in zip(images, evidence, strict=True)
         ]
 
-    def gather(self, images: list[Decoded], estimate_table: bool = False) -> list[Evidence]:
-        """Per image: grid phase, lattice fit, header quality and CNN block scores (all images in one forward pass)."""
+    def network(self, patches: torch.Tensor) -> torch.Tensor:
+        """The net's outputs for (N, 3, P, P) patches (whole 0..255 values), on this predictor's engine."""
+        return self.engine(patches.to(torch.uint8).numpy())
+
+    @torch.no_grad()
+    def gather(self, images: list[Decoded]) -> list[ImageEvidence]:
+        """Per image: the program's evidence (grid, lattice, CNN blocks) and the file's own header and codec."""
+        found = []
         with BLAS.limit(limits=1, user_api="blas"):
-            located = [self._locate(image.pixels, estimate_table) for image in images]
-            samples = [self._sample(image.pixels, phase) for image, (phase, _) in zip(images, located, strict=True)]
-            quality, confidence = score_patches(self.net, self.engine, np.concatenate([s.patches for s in samples]))
-        quality = self.calibration(quality)  # per block: the median of calibrated blocks is the calibrated median
-        bounds = np.cumsum([0] + [len(s.patches) for s in samples])
-        evidence = []
-        for image, (phase, lattice), sample, a, b in zip(images, located, samples, bounds[:-1], bounds[1:], strict=True):
-            header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
-            found = Evidence(phase, sample, quality[a:b], None if confidence is None else confidence[a:b], lattice, header, image.notes)
-            evidence.append(found)
-        return evidence
+            for image in images:
+                check_size(image.pixels)
+                regions, rows, cols = cut_regions(image.pixels, per_side=self.program.per_side)
+                evidence = self.program.evidence(torch.from_numpy(regions), torch.from_numpy(rows), torch.from_numpy(cols), self.network)
+                header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
+                found.append(ImageEvidence(evidence, rows, cols, header, image.codec, image.notes))
+        return found
 
-    def _locate(self, pixels: np.ndarray, estimate_table: bool) -> tuple[GridPhase, LatticeFit | None]:
-        """The grid phase and the lattice fit on it. An unsure detector's best phase is kept when the lattice is strong there."""
-        phase = detect_grid(pixels)
-        if self.method == "cnn":
-            return phase, None
-        lattice = fit_lattice(lattice_coefficients(pixels, phase), estimate=estimate_table)
-        if not phase.sure and phase.best != (phase.dy, phase.dx):
-            candidate = replace(phase, dy=phase.best[0], dx=phase.best[1], sure=True)
-            fit = fit_lattice(lattice_coefficients(pixels, candidate), estimate=estimate_table)
-            if fit is not None and fit.strong and (lattice is None or fit.strength > lattice.strength):
-                return candidate, fit
-        return phase, lattice
-
-    def _sample(self, pixels: np.ndarray, phase: GridPhase) -> BlockSample:
-        """Blocks on the grid at `phase` (the image cropped to start on it), in the image's coordinates."""
-        cropped = sample_blocks(pixels[phase.dy :, phase.dx :], self.blocks)
-        return BlockSample(cropped.patches, cropped.rows + phase.dy, cropped.cols + phase.dx)
-
+    @torch.no_grad()
     def resolve(
         self,
-        evidence: Evidence,
+        found: ImageEvidence,
         tau: float | None = None,
         method: Method | None = None,
         source: str | None = None,
         return_blocks: bool = False,
+        show_table: bool = False,
     ) -> Prediction:
-        """The answer `evidence` gives under `tau` and `method` (the predictor's own by default)."""
-        decision = decide(evidence.quality, evidence.confidence, self.tau if tau is None else tau)
-        lattice = evidence.lattice
-        verdict = combine(decision.quality, lattice, evidence.header_quality, method or self.method, decision.support)
-        sample, confidence = evidence.sample, evidence.confidence
+        """The answer `found` gives under `tau` and `method` (the predictor's own by default)."""
+        evidence = found.evidence
+        cnn, verdict = self.program.decide(evidence, tau, method)
+        fit = evidence.lattice
+        low, high, determined = int(verdict.low), int(verdict.high), bool(verdict.determined)
+        notes = list(found.notes)
+        recompressed = bool(verdict.recompressed)
+        by_lattice = METHOD_NAMES[float(verdict.method)] == "lattice"
+        if found.codec is not None:
+            notes.append(f"{found.codec} file: not a JPEG quality unless a JPEG lattice is found")
+            determined = determined and by_lattice
+        if recompressed:
+            notes.append(f"recompressed: the pixels show an earlier coding at about {float(verdict.quality):.0f}")
+        elif found.header_quality is not None and determined and high < found.header_quality - HEADER_MARGIN:
+            recompressed = True
+            notes.append(f"recompressed: header says {found.header_quality}, the pixels {low}..{high}")
+        if not determined:
+            notes.append(undetermined_reason(evidence, cnn.fallback, low, high))
         blocks = {}
         if return_blocks:
-            grid = (len(sample.rows), len(sample.cols))
+            grid = (self.blocks, self.blocks)
+            starts = self.program.picked.numpy()
+            g = GEOMETRY
             blocks = {
-                "block_quality": evidence.quality.reshape(grid),
-                "block_confidence": None if confidence is None else confidence.reshape(grid),
-                "block_kept": decision.kept.reshape(grid),
-                "block_rows": sample.rows,
-                "block_cols": sample.cols,
+                "block_quality": evidence.quality.reshape(grid).numpy(),
+                "block_confidence": None if evidence.confidence is None else evidence.confidence.reshape(grid).numpy(),
+                "block_kept": (cnn.kept & evidence.informative).reshape(grid).numpy(),
+                "block_rows": found.rows[starts] + (int(evidence.dy) + g.ring) % g.block,
+                "block_cols": found.cols[starts] + (int(evidence.dx) + g.ring) % g.block,
             }
         table = None
-        if lattice is not None and lattice.steps is not None:
-            table = [int(step) if known else None for step, known in zip(lattice.steps, lattice.known, strict=True)]
+        if show_table:
+            table = [int(step) if known else None for step, known in zip(fit.steps.tolist(), fit.known.tolist(), strict=True)]
         return Prediction(
-            quality=verdict.quality,
-            confidence=None if confidence is None else float(np.median(confidence[decision.kept])),
-            blocks_used=decision.blocks_used,
-            blocks_sampled=len(evidence.quality),
-            fallback=decision.fallback,
-            method=verdict.method,
-            cnn_quality=decision.quality,
-            lattice_quality=None if lattice is None else lattice.quality,
-            lattice_strength=None if lattice is None else lattice.strength,
-            grid=(evidence.phase.dy, evidence.phase.dx),
-            grid_sure=evidence.phase.sure,
-            header_quality=evidence.header_quality,
-            recompressed=verdict.recompressed,
+            quality=float(verdict.quality),
+            quality_low=low,
+            quality_high=high,
+            determined=determined,
+            confidence=None if evidence.confidence is None else float(cnn.confidence),
+            blocks_used=int((cnn.kept & evidence.informative).sum()),
+            blocks_sampled=int(evidence.read_once.sum()),
+            fallback=bool(cnn.fallback),
+            method=METHOD_NAMES[float(verdict.method)],
+            cnn_quality=float(cnn.quality),
+            lattice_quality=int(fit.quality) if bool(fit.found) else None,
+            lattice_strength=float(fit.strength) if bool(fit.found) else None,
+            grid=(int(evidence.dy), int(evidence.dx)),
+            grid_sure=bool(evidence.grid_found),
+            header_quality=found.header_quality,
+            recompressed=recompressed,
             source=source,
-            notes=evidence.notes,
+            notes=tuple(notes),
             table=table,
             **blocks,
         )
+
+
+def undetermined_reason(evidence: Evidence, fallback: torch.Tensor, low: int, high: int) -> str:
+    """Why an answer is not determined, in words, for `notes`."""
+    if not bool(evidence.informative.any()):
+        return "undetermined: no informative block (flat or tiny content)"
+    if not bool(evidence.grid_found):
+        return "undetermined: no JPEG grid found (never JPEG-coded, resized or filtered after coding)"
+    if bool(fallback):
+        return "undetermined: no block passed tau"
+    return f"undetermined: the pixels allow {low}..{high}"

@@ -29,7 +29,7 @@ from q1net.data.sources import ImageSource
 from q1net.forensics.quant_tables import ijg_equivalent_quality
 from q1net.predictor.calibration import Calibration, fit_calibration
 from q1net.predictor.images import Decoded, read_image
-from q1net.predictor.inference import METHODS, TAU_GRID, Evidence, Method, Predictor, combine, decide
+from q1net.predictor.inference import METHODS, TAU_GRID, ImageEvidence, Method, Prediction, Predictor
 
 GridOffset = Literal["none", "random"]
 IMAGES_PER_FORWARD = 16  # images whose blocks share one forward pass
@@ -73,22 +73,48 @@ class Condition:
 
 @dataclass
 class BlockScores:
-    """Every test image's evidence: enough to apply any tau and any method afterwards."""
+    """Every test image's evidence: enough to apply any tau and any method afterwards (Predictor.resolve)."""
 
+    predictor: Predictor
     names: list[str] = field(default_factory=list)
     true: list[int] = field(default_factory=list)
-    evidence: list[Evidence] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)  # grid, network, lattice and decision time per image
+    evidence: list[ImageEvidence] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # grid, lattice, network and decision time per image
 
-    def predictions(self, tau: float, method: Method = "hybrid") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(predicted qualities, fallback flags, decided-by-lattice flags) of all test images."""
-        rows = []
-        for found in self.evidence:
-            decision = decide(found.quality, found.confidence, tau)
-            verdict = combine(decision.quality, found.lattice, found.header_quality, method, decision.support)
-            rows.append((verdict.quality, decision.fallback, verdict.method == "lattice"))
-        predicted, fallback, by_lattice = zip(*rows, strict=True)
-        return np.array(predicted), np.array(fallback), np.array(by_lattice)
+    def predictions(self, tau: float, method: Method = "hybrid") -> Answers:
+        """Every image's answer under `tau` and `method`."""
+        return Answers.of([self.predictor.resolve(found, tau, method) for found in self.evidence])
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Per-image answers as arrays, for summaries."""
+
+    quality: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    determined: np.ndarray
+    fallback: np.ndarray
+    by_lattice: np.ndarray
+    recompressed: np.ndarray
+
+    @classmethod
+    def points(cls, quality: np.ndarray) -> Answers:
+        """Bare point answers (a whole-crop peer network): each its own range, determined, never a fallback or a flag."""
+        quality = np.asarray(quality, float)
+        no = np.zeros(len(quality), bool)
+        return cls(quality, quality, quality, ~no, no, no, no)
+
+    @classmethod
+    def of(cls, predictions: list[Prediction]) -> Answers:
+        columns = zip(
+            *(
+                (p.quality, p.quality_low, p.quality_high, p.determined, p.fallback, p.method == "lattice", p.recompressed)
+                for p in predictions
+            ),
+            strict=True,
+        )
+        return cls(*(np.array(column) for column in columns))
 
 
 def score_source(predictor: Predictor, source: ImageSource, condition: Condition, progress: bool = False) -> BlockScores:
@@ -96,7 +122,7 @@ def score_source(predictor: Predictor, source: ImageSource, condition: Condition
     from tqdm import tqdm
 
     rng = np.random.default_rng(condition.seed)
-    scores = BlockScores()
+    scores = BlockScores(predictor)
     jobs = [(i, q) for i in range(len(source)) for q in condition.qualities]
     cache: dict[int, np.ndarray] = {}  # only the images the current chunk needs
     bar = tqdm(total=len(jobs), disable=not progress, unit="image", desc="evaluate")
@@ -117,29 +143,41 @@ def score_source(predictor: Predictor, source: ImageSource, condition: Condition
     return scores
 
 
-def summarise_methods(scores: BlockScores, tau: float, primary: Method) -> tuple[dict[str, object], np.ndarray]:
-    """The full summary under `primary`, the headline figures under every method, and `primary`'s predictions.
+HEADLINE = (
+    "mae",
+    "sde_abs",
+    "sde",
+    "max_abs_error",
+    "exact_fraction",
+    "decided_by_lattice",
+    "coverage",
+    "median_width",
+    "determined_fraction",
+    "flagged_fraction",
+)
 
-    A "cnn" predictor gathers no lattice evidence (Predictor._locate), so its run reports the CNN alone.
-    """
+
+def summarise_methods(scores: BlockScores, tau: float, primary: Method) -> tuple[dict[str, object], Answers]:
+    """The full summary under `primary`, the headline figures under every method, and `primary`'s answers."""
     true = np.array(scores.true)
     by_method = {}
-    for method in (primary,) if primary == "cnn" else METHODS:
-        predicted, fallback, by_lattice = scores.predictions(tau, method)
-        summary = summarise(true, predicted, fallback) | {"decided_by_lattice": float(by_lattice.mean())}
-        by_method[method] = {
-            key: summary[key] for key in ("mae", "sde_abs", "sde", "max_abs_error", "exact_fraction", "decided_by_lattice")
-        }
+    for method in METHODS:
+        answers = scores.predictions(tau, method)
+        summary = summarise(true, answers)
+        by_method[method] = {key: summary[key] for key in HEADLINE}
         if method == primary:
-            full, primary_predicted = summary, predicted
-    return full | {"method": primary, "by_method": by_method}, primary_predicted
+            full, primary_answers = summary, answers
+    return full | {"method": primary, "by_method": by_method}, primary_answers
 
 
-def summarise(true: np.ndarray, predicted: np.ndarray, fallback: np.ndarray | None = None) -> dict[str, object]:
-    """MAE and both SDE conventions, max |e|, exact-after-rounding share, and per-quality MAE."""
-    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+def summarise(true: np.ndarray, answers: Answers) -> dict[str, object]:
+    """MAE and both SDE conventions, max |e|, exact-after-rounding share, per-quality MAE, and how honest the ranges are:
+    coverage (the truth inside [quality_low, quality_high]), the median width, the determined share, and the share
+    flagged as recompressed (false flags, on images coded once)."""
+    true, predicted = np.asarray(true, float), np.asarray(answers.quality, float)
     error = predicted - true
     levels = np.unique(true).astype(int)
+    inside = (answers.low <= true) & (true <= answers.high)
     return {
         "images": len(true),
         "mae": float(np.abs(error).mean()),
@@ -148,7 +186,13 @@ def summarise(true: np.ndarray, predicted: np.ndarray, fallback: np.ndarray | No
         "bias": float(error.mean()),
         "max_abs_error": float(np.abs(error).max()),
         "exact_fraction": float((np.rint(predicted) == true).mean()),
-        "fallback_fraction": None if fallback is None else float(np.mean(fallback)),
+        "fallback_fraction": float(np.mean(answers.fallback)),
+        "decided_by_lattice": float(np.mean(answers.by_lattice)),
+        "coverage": float(inside.mean()),
+        "median_width": float(np.median(answers.high - answers.low)),
+        "determined_fraction": float(np.mean(answers.determined)),
+        "flagged_fraction": float(np.mean(answers.recompressed)),
+        "determined_mae": float(np.abs(error[answers.determined]).mean()) if answers.determined.any() else None,
         "per_quality_mae": {int(q): float(np.abs(error[true == q]).mean()) for q in levels},
     }
 
@@ -157,9 +201,13 @@ def tune_tau(scores: BlockScores, grid: tuple[float, ...] = TAU_GRID) -> tuple[f
     """The tau of `grid` with the lowest CNN-only MAE on `scores` (the paper's grid search), and the whole sweep."""
     sweep = []
     for tau in grid:
-        predicted, fallback, _ = scores.predictions(tau, "cnn")
+        answers = scores.predictions(tau, "cnn")
         sweep.append(
-            {"tau": float(tau), "mae": float(np.abs(predicted - np.array(scores.true)).mean()), "fallback_fraction": float(fallback.mean())}
+            {
+                "tau": float(tau),
+                "mae": float(np.abs(answers.quality - np.array(scores.true)).mean()),
+                "fallback_fraction": float(answers.fallback.mean()),
+            }
         )
     best = min(sweep, key=lambda row: (row["mae"], -row["tau"]))
     return best["tau"], sweep
@@ -171,7 +219,7 @@ def tune_calibration(scores: BlockScores, tau: float) -> tuple[Calibration, dict
     `scores` must hold uncalibrated qualities. The held-out figure fits once per image
     without that image's codings (leave one image out): what to expect on new photos.
     """
-    predicted, _, _ = scores.predictions(tau, "cnn")
+    predicted = scores.predictions(tau, "cnn").quality
     true, names = np.array(scores.true, float), np.array(scores.names)
     calibration = fit_calibration(predicted, true)
     held_out = np.empty_like(predicted)

@@ -26,7 +26,8 @@ import yaml
 
 from q1net.data.patches import patch_sobel
 from q1net.data.sources import FolderSource, ImageSource
-from q1net.tools.evaluate import BlockScores, Condition, score_source, summarise, tune_tau
+from q1net.predictor.inference import ImageEvidence
+from q1net.tools.evaluate import Answers, BlockScores, Condition, score_source, summarise, tune_tau
 from q1net.tools.runs import final_checkpoint_callback, train_in_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "reproduce"
@@ -136,8 +137,12 @@ def _filtered(scores: BlockScores, block_filter: Filter) -> BlockScores:
     """`scores` with each block's confidence replaced by the row's filter score (none: every block votes)."""
     if block_filter == "confidence":
         return scores
-    evidence = [replace(e, confidence=None if block_filter == "none" else patch_sobel(e.sample.patches)) for e in scores.evidence]
-    return replace(scores, evidence=evidence)
+
+    def filtered(found: ImageEvidence) -> ImageEvidence:
+        score = None if block_filter == "none" else torch.from_numpy(patch_sobel(found.evidence.patches.numpy()))
+        return replace(found, evidence=found.evidence._replace(confidence=score))
+
+    return replace(scores, evidence=[filtered(found) for found in scores.evidence])
 
 
 def score_q1(checkpoint: Path, setup: Setup, val: ImageSource, test: ImageSource) -> dict[str, BlockScores]:
@@ -154,14 +159,14 @@ def evaluate_q1(row: Row, raw: dict[str, BlockScores], parameters: int) -> dict[
     threshold = None
     if row.block_filter != "none":
         threshold, _ = tune_tau(scored["val"], THRESHOLD_GRIDS[row.block_filter])
-    predicted, fallback, _ = scored["test"].predictions(-np.inf if threshold is None else threshold, "cnn")
+    answers = scored["test"].predictions(-np.inf if threshold is None else threshold, "cnn")
     seconds = float(np.median(scored["test"].seconds))
     if row.block_filter == "sobel":
-        patches = scored["test"].evidence[0].sample.patches
+        patches = scored["test"].evidence[0].evidence.patches.numpy()
         start = time.perf_counter()
         patch_sobel(patches)
         seconds += time.perf_counter() - start
-    return summarise(np.array(scored["test"].true), predicted, fallback) | {
+    return summarise(np.array(scored["test"].true), answers) | {
         "threshold": threshold,
         "ms_per_image": 1000 * seconds,
         "parameters": parameters,
@@ -183,7 +188,7 @@ def evaluate_peer(checkpoint: Path, setup: Setup, test: ImageSource) -> dict[str
         seconds.append((time.perf_counter() - start) / len(made))
         true += [label for _, label in made]
     parameters = sum(p.numel() for p in module.net.parameters())
-    return summarise(np.array(true), np.clip(predicted, 1, 100)) | {
+    return summarise(np.array(true), Answers.points(np.clip(predicted, 1, 100))) | {
         "threshold": None,
         "ms_per_image": 1000 * float(np.median(seconds)),
         "parameters": parameters,

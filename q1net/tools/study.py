@@ -27,7 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "study"
 
 
 def candidates(configs: Path = CONFIGS) -> tuple[str, ...]:
-    """"base" and every other YAML's stem in `configs`."""
+    """ "base" and every other YAML's stem in `configs`."""
     return tuple(sorted(path.stem for path in configs.glob("*.yaml")))
 
 

@@ -1,0 +1,176 @@
+"""The rules that turn evidence into one answer and the range the pixels allow, as fixed-shape tensor operations.
+
+The published rule (REFERENCE.md): n x n blocks spread uniformly on the 8x8 grid, run as
+one batch, keep predictions whose confidence is strictly above tau, answer the median of
+the kept qualities. Here, as well:
+- flat patches (every channel within FLAT_RANGE levels over the whole 16x16 patch) never
+  vote: they look the same at every quality, and a network may still trust them;
+- when no block passes tau the published code answers 100. That hides the failure and is
+  wrong for most such images, so the answer is instead the median quality of the most
+  confident quarter of the informative blocks, with `fallback` set;
+- the range of a CNN answer is the 10th to 90th percentile of the voting blocks' qualities.
+`combine` then weighs the CNN against the DCT lattice (q1net.forensics.lattice), the
+"hybrid" method:
+- a strong lattice answers, choosing among its plausible qualities the one nearest the
+  CNN's, and its plausible set is the range; another encoder's table answers with its
+  IJG-equivalent quality;
+- recompression needs positive evidence of two codings (issue #13): the lattice's double
+  model (coefficients on the second table's lattice only where the first one's levels land)
+  gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
+  sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's. Then the
+  first, lower quality answers;
+- a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found.
+An answer is `determined` when it rests on usable evidence and its range spans at most
+DETERMINED_WIDTH levels. The median and percentiles come from `topk` over the whole vector,
+which sorts it; nothing here needs sort, median or a data-dependent shape.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
+from q1net.forensics.lattice import LatticeFit, first_true, last_true
+
+FLAT_RANGE = 3.0  # a patch whose channels each span at most this many levels is flat: it never votes
+FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share of the informative blocks
+RANGE_PERCENTILES = (0.1, 0.9)  # a CNN answer's range: these percentiles of the voting blocks' qualities
+MIN_SUPPORT = 0.1  # share of the sampled blocks voting from which the CNN may speak for a recompression
+AGREE_LEVELS = 12.0  # the CNN's whole range this far under the lattice's: an earlier, lower coding (CNN max test error ~9)
+DOUBLE_GAIN_MIN = 0.5  # nats per unit of evidence the double lattice must gain to show two codings
+DETERMINED_WIDTH = 10.0  # widest range (levels) of a determined answer
+METHOD_CODES = {"cnn": 0.0, "lattice": 1.0}
+
+
+class Vote(NamedTuple):
+    quality: torch.Tensor  # median quality of the voting blocks
+    low: torch.Tensor  # range: RANGE_PERCENTILES of the voting blocks' qualities
+    high: torch.Tensor
+    confidence: torch.Tensor  # median confidence of the voting blocks (0 for a plain regressor)
+    kept: torch.Tensor  # (N,) bool: the blocks that voted
+    informative: torch.Tensor  # (N,) bool: the blocks that could vote (sampled once, not flat)
+    fallback: torch.Tensor  # bool: no block passed tau
+    support: torch.Tensor  # voting share of the sampled blocks (0 on a fallback or without any informative one)
+
+
+def flat_patches(patches: torch.Tensor) -> torch.Tensor:
+    """(N,) bool for (N, 3, P, P) patches: every channel spans at most FLAT_RANGE levels."""
+    spread = patches.float().amax(dim=(2, 3)) - patches.float().amin(dim=(2, 3))  # (N, 3)
+    return spread.amax(dim=1) <= FLAT_RANGE
+
+
+def sorted_where(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`values` ascending with the masked-out ones last (+inf), and how many are in."""
+    big = torch.full_like(values, float("inf"))
+    ordered = torch.topk(torch.where(mask, values, big), values.shape[0], largest=False).values
+    return ordered, mask.sum()
+
+
+def quantile(ordered: torch.Tensor, count: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Linear-interpolation quantile of the first `count` of `ordered` (numpy's default); the middle one for the median."""
+    position = fraction * (count - 1).clamp(min=0).float()
+    below = torch.floor(position).long()
+    above = torch.ceil(position).long()
+    weight = position - below.float()
+    return ordered[below] * (1 - weight) + ordered[above] * weight
+
+
+def on_scale(quality: torch.Tensor) -> torch.Tensor:
+    """The IJG scale is 1..100; the sigmoid head can say 0.6 for a block coded at 1."""
+    return quality.clamp(QUALITY_MIN, QUALITY_MAX)
+
+
+def vote(
+    quality: torch.Tensor, confidence: torch.Tensor | None, informative: torch.Tensor, tau: float, sampled: torch.Tensor | None = None
+) -> Vote:
+    """The tau rule over the informative blocks (see the module docstring); every informative block votes without a confidence.
+
+    `support` is the voting share of the `sampled` blocks (default: of the informative ones).
+    """
+    count = informative.sum()
+    if confidence is None:
+        kept, fallback = informative, torch.zeros((), dtype=torch.bool, device=quality.device)
+        confidence = torch.zeros_like(quality)
+    else:
+        passed = informative & (confidence > tau)
+        fallback = ~passed.any()
+        share = torch.ceil(FALLBACK_SHARE * count.float()).clamp(min=1.0)
+        ranked = torch.topk(torch.where(informative, confidence, torch.full_like(confidence, -float("inf"))), confidence.shape[0]).indices
+        rank = torch.empty_like(ranked).index_put((ranked,), torch.arange(confidence.shape[0], device=ranked.device))
+        most_confident = informative & (rank.float() < share)
+        kept = torch.where(fallback, most_confident, passed)
+    # with no informative block at all the answer rests on every block, flagged as a fallback without support
+    nothing = count == 0
+    kept = torch.where(nothing, torch.ones_like(kept), kept)
+    fallback = fallback | nothing
+    ordered, used = sorted_where(quality, kept)
+    confidences, _ = sorted_where(confidence, kept)
+    denominator = count if sampled is None else sampled
+    support = torch.where(fallback, quality.new_zeros(()), used.float() / denominator.float().clamp(min=1.0))
+    whole_scale = (torch.full_like(support, QUALITY_MIN), torch.full_like(support, QUALITY_MAX))  # nothing to read: any quality
+    return Vote(
+        quality=on_scale(quantile(ordered, used, 0.5)),
+        low=torch.where(nothing, whole_scale[0], on_scale(torch.floor(quantile(ordered, used, RANGE_PERCENTILES[0])))),
+        high=torch.where(nothing, whole_scale[1], on_scale(torch.ceil(quantile(ordered, used, RANGE_PERCENTILES[1])))),
+        confidence=quantile(confidences, used, 0.5),
+        kept=kept,
+        informative=informative & ~nothing,
+        fallback=fallback,
+        support=support,
+    )
+
+
+class Verdict(NamedTuple):
+    quality: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    method: torch.Tensor  # METHOD_CODES: the evidence that decided
+    recompressed: torch.Tensor  # bool: the pixels show two codings
+    determined: torch.Tensor  # bool
+
+
+def nearest_allowed(allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The IJG quality of the (100,) `allowed` mask nearest to `target` (the lower on a tie)."""
+    qualities = torch.arange(QUALITY_MIN, QUALITY_MAX + 1, dtype=torch.float32)
+    distance = torch.where(allowed, (qualities - target).abs(), torch.full_like(qualities, float("inf")))
+    return qualities[torch.argmin(distance)]
+
+
+def first_true_quality(allowed: torch.Tensor) -> torch.Tensor:
+    """The lowest IJG quality of a (100,) mask (QUALITY_MIN when empty)."""
+    return QUALITY_MIN + first_true(allowed).float()
+
+
+def last_true_quality(allowed: torch.Tensor) -> torch.Tensor:
+    return QUALITY_MIN + last_true(allowed).float()
+
+
+def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = "hybrid") -> Verdict:
+    """One answer and its range from the CNN's vote and the lattice fit (rules in the module docstring)."""
+    strong = fit.strong & grid_found  # a lattice on a phase nobody confirmed says nothing
+    cnn_voice = ~cnn.fallback & (cnn.support >= MIN_SUPPORT)
+    double = strong & (fit.double_gain >= DOUBLE_GAIN_MIN)
+    cnn_lower = strong & cnn_voice & (cnn.high < fit.quality_low - AGREE_LEVELS)
+    recompressed = double | cnn_lower
+    cnn_determined = grid_found & ~cnn.fallback & (cnn.high - cnn.low <= DETERMINED_WIDTH)
+    if method == "cnn":
+        return Verdict(cnn.quality, cnn.low, cnn.high, torch.tensor(METHOD_CODES["cnn"]), recompressed, cnn_determined)
+    lattice_quality = torch.where(fit.ijg, nearest_allowed(fit.plausible, cnn.quality), fit.quality)
+    lattice_determined = strong & (fit.quality_high - fit.quality_low <= DETERMINED_WIDTH)
+    if method == "lattice":
+        return Verdict(
+            lattice_quality, fit.quality_low, fit.quality_high, torch.tensor(METHOD_CODES["lattice"]), double, lattice_determined
+        )
+    first_quality = torch.where(double, nearest_allowed(fit.first_plausible, cnn.quality), cnn.quality)  # the earlier coding's
+    first_low = torch.where(double, first_true_quality(fit.first_plausible), cnn.low)
+    first_high = torch.where(double, last_true_quality(fit.first_plausible), cnn.high)
+    by_lattice = strong & ~recompressed
+    quality = torch.where(recompressed, first_quality, torch.where(by_lattice, lattice_quality, cnn.quality))
+    low = torch.where(recompressed, first_low, torch.where(by_lattice, fit.quality_low, cnn.low))
+    high = torch.where(recompressed, first_high, torch.where(by_lattice, fit.quality_high, cnn.high))
+    decided_by_lattice = by_lattice | double
+    determined = torch.where(strong, high - low <= DETERMINED_WIDTH, cnn_determined)
+    method_code = torch.where(decided_by_lattice, torch.tensor(METHOD_CODES["lattice"]), torch.tensor(METHOD_CODES["cnn"]))
+    return Verdict(quality, low, high, method_code, recompressed, determined)
