@@ -78,7 +78,8 @@ FINE_STEP = 4  # AC steps below this get the lattice points either side of the n
 AC_SHIFTS = (-1, 0, 1)  # lattice points around the nearest: the next ones are 1.5 steps of 1 = 5 SIGMA away at least
 DC_SHIFTS = tuple(range(-14, 15))  # 6 SIGMA_DC / step 1 either side: the smallest DC step reaches this far
 DOUBLE_LEVELS = (-1, 0, 1)  # first-coding levels around c / s1 tried by the double model
-DETAIL_BLOCKS = 64  # the most textured blocks: the screen of the tables, the per-step estimate and the double model
+DETAIL_BLOCKS = 64  # the most textured blocks: the screen of the tables and the per-step estimate
+DOUBLE_BLOCKS = 32  # the most textured of those: the double model (a detection and the first coding's quality)
 SCREEN_TABLES = 12  # tables scored on every block after the screen
 LOG_EPS, LOG_KEEP = math.log(OUTLIER_SHARE), math.log(1 - OUTLIER_SHARE)
 
@@ -302,15 +303,25 @@ class LatticeVerifier(nn.Module):
         allowed = torch.where(ijg, plausible, equivalent_set)
         strength = torch.where(ijg, (table[best] - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
 
-        # Double coding, against the best single table there is (the per-frequency estimate): another encoder's table,
-        # coded once, is that table, and no first IJG coding improves on it; two IJG codings leave gaps it cannot explain.
-        double = self.double_scores(c_top, scale, p0_top, ac_top, steps)
-        earlier = torch.arange(len(IJG_QUALITIES)) < best  # first codings at a lower quality than the best single IJG table
-        double = torch.where(earlier, double, torch.full_like(double, -math.inf))
-        first = torch.argmax(double)
-        first_plausible = double >= double[first] - TIE_NATS
-        single_ac = self.double_scores(c_top, scale, p0_top, ac_top, steps, steps[None])[0]
-        double_gain = torch.where(earlier.any(), (double[first] - single_ac) / top_unit, torch.zeros(()))
+        # Double coding: a first IJG coding, then a second one on the same grid. Either lattice can fit best alone (the
+        # first when the second is much finer), so both sides are searched: earlier tables under the best one, and
+        # finer tables over it. The baseline is the better of the best IJG table and the per-frequency estimate (the
+        # best single table there is): another encoder's table coded once is that estimate, and no pair of IJG
+        # codings improves on it much; two IJG codings leave gaps that no single table explains.
+        # (The blocks come sorted, most textured first: the double model reads the first DOUBLE_BLOCKS.)
+        c_double, p0_double, ac_double = c_top[:DOUBLE_BLOCKS], p0_top[:DOUBLE_BLOCKS], ac_top[:DOUBLE_BLOCKS]
+        double_unit = torch.maximum(ac_double, dc_top[:DOUBLE_BLOCKS]).sum().clamp(min=1.0)
+        single = self.tables[best].expand_as(self.tables)
+        index = torch.arange(len(IJG_QUALITIES))
+        earlier = torch.where(index < best, self.double_scores(c_double, scale, p0_double, ac_double, self.tables, single), -math.inf)
+        finer = torch.where(index > best, self.double_scores(c_double, scale, p0_double, ac_double, single, self.tables), -math.inf)
+        baseline = self.double_scores(
+            c_double, scale, p0_double, ac_double, torch.stack([self.tables[best], steps]), torch.stack([self.tables[best], steps])
+        ).max()
+        by_first = torch.maximum(earlier, torch.where(index == best, finer.max(), -math.inf))  # (100,) over the first coding's quality
+        first = torch.argmax(by_first)
+        first_plausible = by_first >= by_first[first] - TIE_NATS
+        double_gain = torch.where(torch.isfinite(by_first[first]), (by_first[first] - baseline) / double_unit, torch.zeros(()))
         qualities = torch.from_numpy(IJG_QUALITIES.astype(np.float32))
         return LatticeFit(
             found=evidence >= MIN_EVIDENCE,
@@ -346,22 +357,15 @@ class LatticeVerifier(nn.Module):
         return steps, known, by_step.amax(dim=0).sum()
 
     def double_scores(
-        self,
-        c: torch.Tensor,
-        scale: torch.Tensor,
-        log_p0: torch.Tensor,
-        ac: torch.Tensor,
-        second: torch.Tensor,
-        first: torch.Tensor | None = None,
+        self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, first: torch.Tensor, second: torch.Tensor
     ) -> torch.Tensor:
-        """(T,) AC log-likelihood of "first coded with table t of `first` (default: the 100 IJG tables), then with `second`".
+        """(T,) AC log-likelihood of "first coded with table `first`[t], then with `second`[t]" (both (T, 64)).
 
         A first-coding level j at step s1 lands on s2 * round(s1 j / s2); its prior is the Laplacian bin mass at s1.
         With `first` = `second` this is the single table's AC likelihood under the same approximations.
         The DC is the second table's either way and is left out.
         """
-        first = self.tables if first is None else first
-        s1, s2 = first[:, 1:, None, None], second[None, 1:, None, None]  # (T, 63, 1, 1), (1, 63, 1, 1)
+        s1, s2 = first[:, 1:, None, None], second[:, 1:, None, None]  # (T, 63, 1, 1)
         coefficient, b = c[:, 1:].T[None, :, :, None], scale[1:][None, :, None, None]  # (1, 63, N, 1)
         level = torch.round(coefficient / s1) + torch.tensor(DOUBLE_LEVELS, dtype=torch.float32)  # (100, 63, N, L)
         landed = s2 * torch.round(s1 * level / s2)

@@ -164,8 +164,17 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
             lattice_quality, fit.quality_low, fit.quality_high, torch.tensor(METHOD_CODES["lattice"]), double, lattice_determined
         )
     first_quality = torch.where(double, nearest_allowed(fit.first_plausible, cnn.quality), cnn.quality)  # the earlier coding's
-    first_low = torch.where(double, first_true_quality(fit.first_plausible), cnn.low)
-    first_high = torch.where(double, last_true_quality(fit.first_plausible), cnn.high)
+    # the double model and the CNN both read the first coding: its range spans both (the CNN only when it has a voice)
+    first_low = torch.where(
+        double,
+        torch.where(cnn_voice, torch.minimum(first_true_quality(fit.first_plausible), cnn.low), first_true_quality(fit.first_plausible)),
+        cnn.low,
+    )
+    first_high = torch.where(
+        double,
+        torch.where(cnn_voice, torch.maximum(last_true_quality(fit.first_plausible), cnn.high), last_true_quality(fit.first_plausible)),
+        cnn.high,
+    )
     by_lattice = strong & ~recompressed
     quality = torch.where(recompressed, first_quality, torch.where(by_lattice, lattice_quality, cnn.quality))
     low = torch.where(recompressed, first_low, torch.where(by_lattice, fit.quality_low, cnn.low))
