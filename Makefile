@@ -10,7 +10,7 @@ ARGS ?=
 
 DATA_ARGS := $(if $(DATA),--data configs/data/folder.yaml --data.train_source.init_args.root=$(DATA) --data.val_source.init_args.root=$(VAL))
 
-.PHONY: help setup train test test-full fuzz bench reproduce export lint clean
+.PHONY: help setup train test test-full fuzz bench reproduce gpu-data train-gpu export lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,17 @@ QUALITY_STEP ?= 3
 reproduce: $(STAMP)  ## the paper's Tables 2 and 3: BUDGET=minutes per network, DATA=train VAL=val TEST=test folders
 	@test -n "$(DATA)" -a -n "$(VAL)" -a -n "$(TEST)" || { echo "make reproduce needs DATA=, VAL= and TEST= image folders" >&2; exit 2; }
 	$(BIN)/q1net reproduce --budget $(BUDGET) --train $(DATA) --val $(VAL) --test $(TEST) --quality-step $(QUALITY_STEP) $(ARGS)
+
+GPU_DATA ?= .gpu
+gpu-data: $(STAMP)  ## pack the photos a GPU run takes along (at most 64 MiB travel): DATA= and VAL= folders -> $(GPU_DATA)/
+	@test -n "$(DATA)" || { echo "make gpu-data needs DATA= (and VAL=) image folders" >&2; exit 2; }
+	$(BIN)/q1net data pack $(DATA) $(GPU_DATA)/train.zip --crop 256 --max-mb 44
+	$(BIN)/q1net data pack $(VAL) $(GPU_DATA)/val.zip --max-mb 12
+
+MINUTES ?= 7
+OUT ?= runs/gpu
+train-gpu:  ## the GPU campaign from $(GPU_DATA)/ (make gpu-data first): OUT=folder MINUTES=budget; runs with the machine's own Python too
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) -m q1net.tools.gpu_train --packed $(GPU_DATA) --out $(OUT) --minutes $(MINUTES)
 
 export: $(STAMP)  ## export the shipped weights to exports/: ONNX, XNNPACK .pte, Vulkan .pte (fp32, fp16), with parity table
 	$(BIN)/q1net export --all --out exports $(ARGS)

@@ -118,7 +118,6 @@ def heatmap_name(folder: Path, stem: str, taken: set[Path]) -> Path:
 
 def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None, show_table: bool) -> tuple[dict | None, str | None]:
     """One input's row, or the one-line error naming it; never raises for a bad input."""
-    from q1net.data.geometry import GEOMETRY
     from q1net.predictor.images import ImageReadError
     from q1net.predictor.inference import read_input
 
@@ -133,9 +132,8 @@ def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None
         if heatmap is not None:
             from q1net.tools.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
 
-            picture = heatmap_image(
-                decoded.pixels, result.block_rows, result.block_cols, result.block_quality, result.block_kept, GEOMETRY.ring, GEOMETRY.block
-            )
+            answer = quality_text(result.quality, result.quality_low, result.quality_high, result.determined)
+            picture = heatmap_image(decoded.pixels, result, f"{Path(path).name}: quality {answer}, decided by the {result.method}")
             write_atomically(heatmap, lambda tmp: picture.save(tmp, format="PNG"))
             row["heatmap"] = str(heatmap)
         return row, None
@@ -202,7 +200,16 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="folder of lossless images (searched recursively)")
+    from q1net.forensics.quant_tables import OTHER_TABLES
+
+    parser.add_argument("root", nargs="?", default=None, help="folder of lossless images (searched recursively); not with --content")
+    parser.add_argument(
+        "--content",
+        choices=("graphics",),
+        default=None,
+        help="generated hard cases instead of a folder (solid colours, gradients, text, ...)",
+    )
+    parser.add_argument("--count", type=positive_int, default=36, help="images of --content (default 36)")
     parser.add_argument("--quality-min", type=int, default=1)
     parser.add_argument("--quality-max", type=int, default=100)
     parser.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0")
@@ -213,6 +220,8 @@ def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random grid offsets")
     parser.add_argument("--preset", default=None, help="code with a Pillow preset (web_high, ...) instead of the quality range")
     parser.add_argument("--recompress", type=int, default=None, metavar="Q2", help="decode and code again at Q2 (truth: min(q, Q2))")
+    parser.add_argument("--tables", choices=OTHER_TABLES, default=None, help="another encoder's tables (truth: their IJG-equivalent)")
+    parser.add_argument("--upscale", type=float, default=None, metavar="F", help="enlarge each image F times (bicubic) before coding")
     parser.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     add_engine_argument(parser)
@@ -280,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the weights' tuned tau)")
     add_method_argument(evaluate)
     evaluate.add_argument("--out", default=None, help="folder for summary.json, confusion.png, per_quality.png")
+    evaluate.add_argument(
+        "--pairs",
+        type=parse_blocks,
+        default=None,
+        metavar="Q,Q,...",
+        help="also code twice at each pair of these qualities: flags by pair",
+    )
     evaluate.add_argument("--wandb", action="store_true", help="log the summary and pictures to a W&B run (offline without a key)")
 
     tune = commands.add_parser("tune-tau", help="grid-search tau on validation images (the paper's way), then fit the calibration at it")
@@ -336,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     div2k.add_argument("--root", required=True, help="folder to fill (DIV2K_train_HR/, DIV2K_valid_HR/)")
     div2k.add_argument("--base-url", default=None, help="mirror to download from instead of the official host")
     div2k.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX", help="pin an archive's SHA-256 (repeatable)")
+    pack = data.add_parser("pack", help="pack a folder's photos as PNG crops into one zip within a byte budget (GPU runs)")
+    pack.add_argument("root", help="folder of lossless images")
+    pack.add_argument("out", help="the .zip to write")
+    pack.add_argument("--crop", type=positive_int, default=None, help="crop side in pixels, a multiple of 16 (default: whole images)")
+    pack.add_argument("--max-mb", type=float, default=44.0, help="byte budget in MiB (default 44)")
     return parser
 
 
@@ -354,18 +375,26 @@ def load_predictor(args: argparse.Namespace, blocks: int):
 def condition_of(args: argparse.Namespace):
     from q1net.tools.evaluate import Condition
 
-    names = ("quality_min", "quality_max", "subsampling", "grid_offset", "grayscale", "seed", "preset", "recompress")
+    names = ("quality_min", "quality_max", "subsampling", "grid_offset", "grayscale", "seed", "preset", "recompress", "tables", "upscale")
     return Condition(**{name: getattr(args, name) for name in names})
 
 
+def source_of(args: argparse.Namespace):
+    """The evaluation images: a folder, or generated hard cases (--content)."""
+    from q1net.data.sources import FolderSource, GraphicsSource
+
+    if (args.root is None) == (args.content is None):
+        raise ValueError("give a folder of images or --content, one of the two")
+    return GraphicsSource(count=args.count, seed=args.seed) if args.content else FolderSource(args.root)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from q1net.data.sources import FolderSource
     from q1net.predictor.weights import WeightsError
-    from q1net.tools.evaluate import score_source, summarise_methods
+    from q1net.tools.evaluate import pair_table, score_source, summarise_methods
     from q1net.tools.plots import confusion_image, confusion_matrix, error_by_quality_image
 
     try:
-        source, condition = FolderSource(args.root), condition_of(args)
+        source, condition = source_of(args), condition_of(args)
         rows = []
         for blocks in args.blocks:
             predictor = load_predictor(args, blocks)
@@ -379,7 +408,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
         return EXIT_USAGE
-    report = {"root": args.root, "condition": vars(condition), "checkpoint": args.checkpoint or "shipped", "results": rows}
+    report = {"root": args.root or args.content, "condition": vars(condition), "checkpoint": args.checkpoint or "shipped", "results": rows}
+    if args.pairs:
+        report["pairs"] = pair_table(load_predictor(args, args.blocks[0]), source, tuple(args.pairs), condition, sys.stderr.isatty())
     pictures = {}
     if len(rows) == 1:
         true = np.array(scores.true)
@@ -426,14 +457,13 @@ def log_to_wandb(report: dict, pictures: dict) -> None:
 
 
 def run_tune_tau(args: argparse.Namespace) -> int:
-    from q1net.data.sources import FolderSource
     from q1net.predictor.weights import WeightsError
     from q1net.tools.evaluate import score_source, tune_calibration, tune_tau
 
     try:
         raw_cnn = argparse.Namespace(**vars(args), no_calibration=True, method="cnn")  # tau and the calibration are tuned afresh below
         predictor = load_predictor(raw_cnn, args.blocks)
-        scores = score_source(predictor, FolderSource(args.root), condition_of(args), progress=sys.stderr.isatty())
+        scores = score_source(predictor, source_of(args), condition_of(args), progress=sys.stderr.isatty())
     except (WeightsError, FileNotFoundError, ValueError) as error:
         fail(str(error))
         return EXIT_USAGE
@@ -533,6 +563,8 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
+    if args.dataset == "pack":
+        return run_pack_photos(args)
     from q1net.data.div2k import DownloadError, download_div2k
 
     pins = dict(pin.split("=", 1) for pin in args.sha256 if "=" in pin)
@@ -541,6 +573,20 @@ def run_data(args: argparse.Namespace) -> int:
     except DownloadError as error:
         fail(str(error))
         return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def run_pack_photos(args: argparse.Namespace) -> int:
+    from q1net.data.packed import pack_photos
+    from q1net.data.sources import FolderSource
+
+    try:
+        source = FolderSource(args.root)
+        written = pack_photos(source, Path(args.out), args.crop, int(args.max_mb * (1 << 20)))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        fail(str(error))
+        return EXIT_USAGE
+    print(f"{args.out}: {written['images']} images of {len(source)} photos, {written['bytes'] / (1 << 20):.1f} MiB")
     return EXIT_OK
 
 

@@ -225,7 +225,13 @@ def test_hybrid_rule():
     low = 90 - AGREE_LEVELS - 5
     assert answer(vote_of(low), fit_of(90)) == (low, low - 1, low + 1, 0.0, True, True)  # the CNN shows an earlier, lower coding
     assert answer(vote_of(low, support=0.05), fit_of(90))[:5] == (90.0, 90.0, 90.0, 1.0, False)  # unless few blocks voted
-    assert answer(vote_of(76.0), fit_of(90, double=(75, 3.0)))[:5] == (75.0, 75.0, 77.0, 1.0, True)  # two lattices: the first (range: and the CNN's)
+    assert answer(vote_of(76.0), fit_of(90, double=(75, 3.0)))[:5] == (
+        75.0,
+        75.0,
+        77.0,
+        1.0,
+        True,
+    )  # two lattices: the first (range: and the CNN's)
     other = fit_of(76, ijg=False, plausible=(75, 76, 77))
     assert answer(vote_of(70.0), other)[:5] == (76.0, 75.0, 77.0, 1.0, False)  # another encoder's table: its equivalent, no flag
     assert answer(vote_of(41.3), fit_of(40), method="cnn")[:4] == (41.3, 40.3, 42.3, 0.0)

@@ -12,12 +12,17 @@ Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]
 QUALITY_MIN, QUALITY_MAX = 1, 100  # the IJG quality scale the network predicts
 
 
-def jpeg_encode(pixels: np.ndarray, quality: int | str, subsampling: Subsampling = "4:2:0") -> bytes:
-    """JPEG bytes of `pixels` (H, W, 3) or (H, W) uint8 at IJG `quality`, or with one of Pillow's named presets."""
-    if isinstance(quality, str):
+def jpeg_encode(
+    pixels: np.ndarray, quality: int | str, subsampling: Subsampling = "4:2:0", qtables: list[list[int]] | None = None
+) -> bytes:
+    """JPEG bytes of `pixels` (H, W, 3) or (H, W) uint8 at IJG `quality`, with one of Pillow's named presets, or with
+    explicit quantisation tables (`qtables`: luma and chroma, 64 steps each, natural order; `quality` is then ignored)."""
+    if qtables is not None:
+        options: dict[str, object] = {"qtables": qtables, "subsampling": subsampling}
+    elif isinstance(quality, str):
         if quality not in JpegPresets.presets:
             raise ValueError(f"unknown JPEG preset {quality!r}; Pillow has {', '.join(JpegPresets.presets)}")
-        options: dict[str, object] = {"quality": quality}  # a preset fixes its own tables and subsampling
+        options = {"quality": quality}  # a preset fixes its own tables and subsampling
     elif QUALITY_MIN <= quality <= QUALITY_MAX:
         options = {"quality": int(quality), "subsampling": subsampling}
     else:

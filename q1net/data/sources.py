@@ -186,3 +186,112 @@ class ConcatSource(ImageSource):
     def name(self, index: int) -> str:
         source, inner = self._locate(index)
         return source.name(inner)
+
+
+class GraphicsSource(ImageSource):
+    """Seeded synthetic hard cases for the honest-answer checks (issue #13): content that is not a photograph.
+
+    Kinds, in turn: solid colours, gentle gradients, pages of text, line art, screenshots (flat panels,
+    buttons, text and a photo thumbnail) and photos with large flat areas. Solid colours and gradients
+    hold almost no evidence of a JPEG quality; text, line art and screenshots do, at their edges.
+    Image `i` is the same on every call.
+    """
+
+    KINDS = ("solid", "gradient", "text", "line_art", "screenshot", "flat_photo")
+
+    def __init__(self, count: int = 36, size: int = 384, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> None:
+        unknown = set(kinds) - set(self.KINDS)
+        if unknown:
+            raise ValueError(f"unknown graphics kinds {sorted(unknown)}; known: {', '.join(self.KINDS)}")
+        self.count, self.size, self.seed, self.kinds = count, size, seed, tuple(kinds)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def kind(self, index: int) -> str:
+        return self.kinds[index % len(self.kinds)]
+
+    def name(self, index: int) -> str:
+        return f"{self.kind(index)}_{self.seed}_{index:03d}"
+
+    def load(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index])
+        return getattr(self, f"_{self.kind(index)}")(rng, self.size)
+
+    @staticmethod
+    def _colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> tuple[int, int, int]:
+        return tuple(int(v) for v in rng.integers(low, high, 3))
+
+    def _solid(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return np.broadcast_to(np.array(self._colour(rng), np.uint8), (size, size, 3)).copy()
+
+    def _gradient(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        start, end = np.array(self._colour(rng), np.float32), np.array(self._colour(rng), np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        along = np.cos(angle) * xx + np.sin(angle) * yy
+        t = (along - along.min()) / (along.max() - along.min())  # 0 at one corner, 1 at the opposite one
+        return np.round(start + t[..., None] * (end - start)).astype(np.uint8)
+
+    def _page(self, rng: np.random.Generator, size: int, background: tuple[int, int, int]) -> tuple[Image.Image, object]:
+        from PIL import ImageDraw
+
+        image = Image.new("RGB", (size, size), background)
+        return image, ImageDraw.Draw(image)
+
+    def _words(self, rng: np.random.Generator, count: int) -> str:
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        return " ".join("".join(rng.choice(list(letters), rng.integers(2, 9))) for _ in range(count))
+
+    def _text(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        from PIL import ImageFont
+
+        background = (255, 255, 255) if rng.uniform() < 0.5 else self._colour(rng, 200, 256)
+        image, draw = self._page(rng, size, background)
+        font_size = int(rng.integers(10, 24))
+        font = ImageFont.load_default(size=font_size)
+        ink = self._colour(rng, 0, 90)
+        for top in range(int(rng.integers(4, 12)), size - font_size, int(font_size * 1.5)):
+            draw.text((int(rng.integers(4, 20)), top), self._words(rng, 12), fill=ink, font=font)
+        return np.asarray(image)
+
+    def _line_art(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        image, draw = self._page(rng, size, (255, 255, 255) if rng.uniform() < 0.5 else self._colour(rng, 180, 256))
+        for _ in range(int(rng.integers(15, 40))):
+            x0, y0, x1, y1 = (int(v) for v in rng.integers(0, size, 4))
+            colour, width = self._colour(rng, 0, 200), int(rng.integers(1, 5))
+            shape = rng.integers(0, 3)
+            if shape == 0:
+                draw.line((x0, y0, x1, y1), fill=colour, width=width)
+            elif shape == 1:
+                draw.ellipse((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=colour, width=width)
+            else:
+                draw.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=colour, width=width)
+        return np.asarray(image)
+
+    def _screenshot(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        from PIL import ImageFont
+
+        image, draw = self._page(rng, size, self._colour(rng, 220, 256))
+        draw.rectangle((0, 0, size, size // 10), fill=self._colour(rng, 30, 120))  # title bar
+        draw.rectangle((0, size // 10, size // 4, size), fill=self._colour(rng, 200, 245))  # side panel
+        font = ImageFont.load_default(size=int(rng.integers(11, 16)))
+        for row in range(6):
+            top = size // 10 + 10 + row * size // 8
+            draw.text((8, top), self._words(rng, 2), fill=(20, 20, 20), font=font)
+            button = (size // 4 + 16, top, size // 4 + 16 + int(rng.integers(60, 140)), top + 22)
+            draw.rectangle(button, fill=self._colour(rng, 40, 220), outline=(90, 90, 90))
+            draw.text((button[0] + 6, top + 4), self._words(rng, 1), fill=(255, 255, 255), font=font)
+        thumbnail = SyntheticSource(count=1, size=size // 3, seed=int(rng.integers(1 << 30))).load(0)
+        image.paste(Image.fromarray(thumbnail), (size - size // 3 - 8, size - size // 3 - 8))
+        return np.asarray(image)
+
+    def _flat_photo(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        photo = SyntheticSource(count=1, size=size, seed=int(rng.integers(1 << 30))).load(0).copy()
+        flat = self._colour(rng)
+        cut = int(rng.uniform(0.4, 0.75) * size)
+        if rng.uniform() < 0.5:
+            photo[:cut] = flat  # a sky, a wall, a studio backdrop
+        else:
+            photo[:, :cut] = flat
+        return photo

@@ -84,6 +84,18 @@ SCREEN_TABLES = 12  # tables scored on every block after the screen
 LOG_EPS, LOG_KEEP = math.log(OUTLIER_SHARE), math.log(1 - OUTLIER_SHARE)
 
 
+def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(exp(a) + exp(b)) without overflow, spelled out: exported graphs may expand logaddexp as written."""
+    high = torch.maximum(a, b)
+    return high + torch.log1p(torch.exp(-(a - b).abs()))
+
+
+def log_sum_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log sum exp over `dim` without overflow (finite inputs), spelled out like log_add_exp."""
+    high = x.amax(dim=dim, keepdim=True)
+    return (high + torch.log(torch.exp(x - high).sum(dim=dim, keepdim=True))).squeeze(dim)
+
+
 def log_erfcx(z: torch.Tensor) -> torch.Tensor:
     """log(exp(z^2) erfc(z)) for z >= 0, by Numerical Recipes' erfcc (relative error under 1.2e-7): no erfc operator needed."""
     t = 1.0 / (1.0 + 0.5 * z)
@@ -118,7 +130,7 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
     z_minus = (sigma**2 / scale - c) / (sigma * math.sqrt(2))
     z_plus = (sigma**2 / scale + c) / (sigma * math.sqrt(2))
-    log_p0 = gauss_log + torch.logaddexp(log_term(z_minus), log_term(z_plus)) - torch.log(4 * scale)
+    log_p0 = gauss_log + log_add_exp(log_term(z_minus), log_term(z_plus)) - torch.log(4 * scale)
     dc = torch.zeros_like(log_p0)
     dc[:, 0] = 1.0
     return torch.where(dc > 0, torch.full_like(log_p0, -math.log(DC_RANGE)), log_p0)
@@ -137,7 +149,7 @@ def log_lattice_ac(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, sh
         size = level.abs()
         log_prior = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
         terms.append(log_prior + log_norm - 0.5 * ((c - steps * level) / SIGMA) ** 2)
-    return terms[0] if len(terms) == 1 else torch.logsumexp(torch.stack(terms), dim=0)
+    return terms[0] if len(terms) == 1 else log_sum_exp(torch.stack(terms), dim=0)
 
 
 def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -145,7 +157,7 @@ def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     nearest = torch.round(c / steps)
     log_norm = -math.log(SIGMA_DC * math.sqrt(2 * math.pi))
     terms = torch.stack([-0.5 * ((c - steps * (nearest + shift)) / SIGMA_DC) ** 2 for shift in DC_SHIFTS])
-    return torch.log(steps / DC_RANGE) + log_norm + torch.logsumexp(terms, dim=0)
+    return torch.log(steps / DC_RANGE) + log_norm + log_sum_exp(terms, dim=0)
 
 
 class Pairs(NamedTuple):
@@ -247,11 +259,11 @@ class LatticeVerifier(nn.Module):
         """(P,) weighted sum over blocks of log p(c | s) for every pair of `pairs`."""
         total = torch.zeros(pairs.count)
         dc_ids, dc_steps = pairs.dc
-        dc_ll = torch.logaddexp(log_lattice_dc(c[:, :1], dc_steps) + LOG_KEEP, log_p0[:, :1] + LOG_EPS)
+        dc_ll = log_add_exp(log_lattice_dc(c[:, :1], dc_steps) + LOG_KEEP, log_p0[:, :1] + LOG_EPS)
         total = total.index_add(0, dc_ids, (dc_ll * dc[:, None]).sum(dim=0))
         for (ids, freq, steps), shifts in ((pairs.fine, AC_SHIFTS), (pairs.coarse, (0,))):
             columns = c[:, freq]
-            ll = torch.logaddexp(log_lattice_ac(columns, steps, scale[freq], shifts) + LOG_KEEP, log_p0[:, freq] + LOG_EPS)
+            ll = log_add_exp(log_lattice_ac(columns, steps, scale[freq], shifts) + LOG_KEEP, log_p0[:, freq] + LOG_EPS)
             total = total.index_add(0, ids, (ll * ac[:, None]).sum(dim=0))
         return total
 
@@ -262,8 +274,8 @@ class LatticeVerifier(nn.Module):
         steps = tables[None]  # (1, T, 64)
         coefficient = c[:, None, :]  # (N, 1, 64)
         ac_ll = log_lattice_ac(coefficient[..., 1:], steps[..., 1:], scale[None, None, 1:], AC_SHIFTS)
-        ac_ll = torch.logaddexp(ac_ll + LOG_KEEP, log_p0[:, None, 1:] + LOG_EPS)  # (N, T, 63)
-        dc_ll = torch.logaddexp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
+        ac_ll = log_add_exp(ac_ll + LOG_KEEP, log_p0[:, None, 1:] + LOG_EPS)  # (N, T, 63)
+        dc_ll = log_add_exp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
         return (ac_ll.sum(dim=2) * ac[:, None]).sum(dim=0) + (dc_ll * dc[:, None]).sum(dim=0)
 
     def forward(self, c: torch.Tensor, usable: torch.Tensor) -> LatticeFit:
@@ -300,7 +312,7 @@ class LatticeVerifier(nn.Module):
         equivalent_set = possible_equivalents(log_steps, known, equivalent)
         ijg = (misfit <= MISFIT_MAX) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
-        allowed = torch.where(ijg, plausible, equivalent_set)
+        allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
         strength = torch.where(ijg, (table[best] - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
 
         # Double coding: a first IJG coding, then a second one on the same grid. Either lattice can fit best alone (the
@@ -375,6 +387,6 @@ class LatticeVerifier(nn.Module):
             size == 0, torch.log(-torch.expm1(-ratio / 2)), math.log(0.5) + torch.log(-torch.expm1(-ratio)) - (size - 0.5) * ratio
         )
         log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
-        lattice = torch.logsumexp(log_prior + log_norm - 0.5 * ((coefficient - landed) / SIGMA) ** 2, dim=3)  # (100, 63, N)
-        ll = torch.logaddexp(lattice + LOG_KEEP, log_p0[:, 1:].T[None] + LOG_EPS)
+        lattice = log_sum_exp(log_prior + log_norm - 0.5 * ((coefficient - landed) / SIGMA) ** 2, dim=3)  # (100, 63, N)
+        ll = log_add_exp(lattice + LOG_KEEP, log_p0[:, 1:].T[None] + LOG_EPS)
         return (ll * ac[None, None, :]).sum(dim=(1, 2))

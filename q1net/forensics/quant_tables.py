@@ -30,6 +30,18 @@ IJG_LUMA_BASE = np.array(
         [72, 92, 95, 98, 112, 100, 103, 99],
     ]
 ).reshape(64)  # natural (row-major) order, as Pillow's `Image.quantization` reports tables
+IJG_CHROMA_BASE = np.array(
+    [
+        [17, 18, 24, 47, 99, 99, 99, 99],
+        [18, 21, 26, 66, 99, 99, 99, 99],
+        [24, 26, 56, 99, 99, 99, 99, 99],
+        [47, 66, 99, 99, 99, 99, 99, 99],
+        [99, 99, 99, 99, 99, 99, 99, 99],
+        [99, 99, 99, 99, 99, 99, 99, 99],
+        [99, 99, 99, 99, 99, 99, 99, 99],
+        [99, 99, 99, 99, 99, 99, 99, 99],
+    ]
+).reshape(64)  # Table K.2
 STEP_MAX = 255  # baseline JPEG's 8-bit steps
 
 
@@ -42,7 +54,31 @@ def ijg_scale(quality: int) -> int:
 
 def ijg_luma_table(quality: int) -> np.ndarray:
     """The 64 luma steps (natural order) libjpeg uses at `quality`."""
-    return np.clip((IJG_LUMA_BASE * ijg_scale(quality) + 50) // 100, 1, STEP_MAX)
+    return ijg_table(IJG_LUMA_BASE, quality)
+
+
+def ijg_table(base: np.ndarray, quality: int) -> np.ndarray:
+    return np.clip((base * ijg_scale(quality) + 50) // 100, 1, STEP_MAX)
+
+
+OTHER_TABLES = ("annex_k", "flat")
+
+
+def other_encoder_tables(family: str, quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """(luma, chroma) tables of another encoder at a nominal `quality`, for tests and `q1net evaluate --tables`.
+
+    - "annex_k": the standard's Annex K tables scaled by a smooth law (2 ** ((50 - q) / 16)) and rounded
+      down, as encoders that do not use libjpeg's scaling do: IJG's shape, steps between IJG's levels;
+    - "flat": IJG's table at `quality` with its steps pulled halfway toward the smallest one, the flatter
+      high frequencies many cameras use.
+    """
+    if family == "annex_k":
+        scale = 2.0 ** ((50 - quality) / 16)
+        return tuple(np.clip(np.floor(base * scale), 1, STEP_MAX).astype(int) for base in (IJG_LUMA_BASE, IJG_CHROMA_BASE))
+    if family == "flat":
+        tables = (ijg_table(IJG_LUMA_BASE, quality), ijg_table(IJG_CHROMA_BASE, quality))
+        return tuple(np.round(t.min() + (t - t.min()) * 0.5).astype(int) for t in tables)
+    raise ValueError(f"unknown table family {family!r}; known: {', '.join(OTHER_TABLES)}")
 
 
 IJG_QUALITIES = np.arange(QUALITY_MIN, QUALITY_MAX + 1)

@@ -150,15 +150,25 @@ class Q1Program(nn.Module):
         self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> tuple[GridPhase, LatticeFit, torch.Tensor, torch.Tensor]:
         """The grid phase, the lattice fit on it, which blocks are read once, and whether the grid was found (no network needed)."""
+        phase, coefficients, read_once = self.detect(regions, rows, cols)
+        fit = self.fit(regions, coefficients, phase, read_once)
+        return phase, fit, read_once, phase.sure | fit.confirms
+
+    def detect(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[GridPhase, torch.Tensor, torch.Tensor]:
+        """The grid detector on every region read once: the phase, each region's coefficients at every phase, and
+        which of the CNN's blocks are read once."""
         first_rows, first_cols = first_of_repeats(rows), first_of_repeats(cols)
         weight = (first_rows[:, None] & first_cols[None, :]).flatten().float()  # (R,)
         phase, coefficients = self.grid(luma(regions), weight)
         read_once = (first_rows[self.picked][:, None] & first_cols[self.picked][None, :]).flatten()  # (B,)
+        return phase, coefficients, read_once
+
+    def fit(self, regions: torch.Tensor, coefficients: torch.Tensor, phase: GridPhase, read_once: torch.Tensor) -> LatticeFit:
+        """The lattice on the CNN's blocks at the detected phase, clipped ones left out."""
         at_phase = (phase.dy * BLOCK + phase.dx).reshape(1)
         blocks = coefficients.index_select(0, self.cnn_regions).flatten(2).index_select(2, at_phase)[:, :, 0]  # (B, 64)
         unclipped = ~clipped_blocks(regions.index_select(0, self.cnn_regions)).flatten(1).index_select(1, at_phase)[:, 0]
-        fit = self.lattice(blocks, read_once & unclipped)
-        return phase, fit, read_once, phase.sure | fit.confirms
+        return self.lattice(blocks, read_once & unclipped)
 
     def evidence(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, network=None) -> Evidence:
         """Grid, lattice and CNN evidence from the regions (`network`: another runner of the same net, e.g. ONNX Runtime)."""

@@ -100,10 +100,10 @@ def vote(
         ranked = torch.topk(torch.where(informative, confidence, torch.full_like(confidence, -float("inf"))), confidence.shape[0]).indices
         rank = torch.empty_like(ranked).index_put((ranked,), torch.arange(confidence.shape[0], device=ranked.device))
         most_confident = informative & (rank.float() < share)
-        kept = torch.where(fallback, most_confident, passed)
+        kept = (fallback & most_confident) | (~fallback & passed)  # bool selects: ONNX Runtime has no Where on booleans
     # with no informative block at all the answer rests on every block, flagged as a fallback without support
     nothing = count == 0
-    kept = torch.where(nothing, torch.ones_like(kept), kept)
+    kept = nothing | kept
     fallback = fallback | nothing
     ordered, used = sorted_where(quality, kept)
     confidences, _ = sorted_where(confidence, kept)
@@ -180,6 +180,6 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     low = torch.where(recompressed, first_low, torch.where(by_lattice, fit.quality_low, cnn.low))
     high = torch.where(recompressed, first_high, torch.where(by_lattice, fit.quality_high, cnn.high))
     decided_by_lattice = by_lattice | double
-    determined = torch.where(strong, high - low <= DETERMINED_WIDTH, cnn_determined)
+    determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~strong & cnn_determined)
     method_code = torch.where(decided_by_lattice, torch.tensor(METHOD_CODES["lattice"]), torch.tensor(METHOD_CODES["cnn"]))
     return Verdict(quality, low, high, method_code, recompressed, determined)

@@ -124,32 +124,40 @@ def network_times(runners: dict, patches: np.ndarray, repeats: int) -> dict[str,
 
 
 def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> dict[str, float]:
-    """Seconds of every stage after decoding, for one decoded image."""
-    from q1net.forensics.grid import detect_grid
-    from q1net.forensics.lattice import fit_lattice, lattice_coefficients
-    from q1net.predictor.inference import combine, decide
+    """Seconds of every stage after decoding, for one decoded image: cutting the regions and the patches on the
+    grid (sampling), grid detection, the network on each engine, the lattice fit and the rules (post)."""
+    import torch
 
-    phase = detect_grid(pixels)
-    patches = predictor._sample(pixels, phase).patches
-    quality, confidence = (t.numpy() for t in predictor.net.quality_confidence(runners["torch"](patches)))
-    return {
-        "grid": timed(lambda: detect_grid(pixels), repeats),
-        "sampling": timed(lambda: predictor._sample(pixels, phase), repeats),
-        **network_times(runners, patches, repeats),
-        "post": timed(lambda: combine(decide(quality, confidence, predictor.tau).quality, None, None), repeats),
-        "lattice": timed(lambda: fit_lattice(lattice_coefficients(pixels, phase)), repeats),
-    }
+    from q1net.predictor.program import cut_regions
+
+    program = predictor.program
+
+    def cut() -> list[torch.Tensor]:
+        return [torch.from_numpy(a) for a in cut_regions(pixels, per_side=program.per_side)]
+
+    regions, rows, cols = cut()
+    with torch.no_grad():
+        phase, coefficients, read_once = program.detect(regions, rows, cols)
+        picked = regions.index_select(0, program.cnn_regions)
+        patches = program.patches_on_grid(picked, phase.dy, phase.dx)
+        evidence = program.evidence(regions, rows, cols)
+        return {
+            "sampling": timed(cut, repeats) + timed(lambda: program.patches_on_grid(picked, phase.dy, phase.dx), repeats),
+            "grid": timed(lambda: program.detect(regions, rows, cols), repeats),
+            **network_times(runners, patches.to(torch.uint8).numpy(), repeats),
+            "lattice": timed(lambda: program.fit(regions, coefficients, phase, read_once), repeats),
+            "post": timed(lambda: program.decide(evidence), repeats),
+        }
 
 
-def block_sweep(predictor, runners: dict, pixels: np.ndarray) -> list[dict]:
+def block_sweep(runners: dict, pixels: np.ndarray) -> list[dict]:
     """Sampling and network seconds for each of Table 4's block counts."""
-    from q1net.forensics.grid import detect_grid
+    from q1net.predictor.program import origin_patches
 
-    phase, rows = detect_grid(pixels), []
+    rows = []
     for blocks in BLOCK_SWEEP:
-        predictor.blocks = blocks
-        patches = predictor._sample(pixels, phase).patches
-        row = {"blocks": blocks, "patches": len(patches), "sampling": timed(lambda: predictor._sample(pixels, phase))}
+        patches = origin_patches(pixels, blocks)
+        row = {"blocks": blocks, "patches": len(patches), "sampling": timed(lambda blocks=blocks: origin_patches(pixels, blocks))}
         rows.append(row | network_times(runners, patches, repeats=9))
     return rows
 
@@ -172,7 +180,7 @@ def latency_section(scratch: str) -> dict:
             decode = timed(lambda path=path: read_image(path), repeats)
             rows.append({"size": size, "pixels": width * height, "file": kind, "decode": decode, **stages})
         if size == "2MP":
-            sweep = block_sweep(Predictor.from_pretrained(engine="torch"), runners, pixels)
+            sweep = block_sweep(runners, pixels)
     return {"latency": rows, "blocks": sweep, "peak_mb": peak_mb()}
 
 

@@ -4,10 +4,12 @@ Each image is JPEG-coded at every quality of a range (Pillow's libjpeg-turbo),
 decoded, and its quality predicted from the pixels. Conditions beyond the
 paper: a random grid offset (the decoded image is cropped by 1..7 pixels at
 the top and left, so the coding grid no longer starts at the origin), 4:4:4
-chroma, grayscale, one of Pillow's named presets (other tables than IJG's:
-scored against their IJG-equivalent quality, q1net.forensics.quant_tables), and
-recompression (coded at q, decoded, coded again at Q2: scored against
-min(q, Q2), the strongest compression the pixels went through).
+or 4:2:2 chroma, grayscale, one of Pillow's named presets or another encoder's
+tables (scored against their IJG-equivalent quality, q1net.forensics.quant_tables),
+photos enlarged before coding (large, smooth images), and recompression (coded
+at q, decoded, coded again at Q2: scored against min(q, Q2), the strongest
+compression the pixels went through). `pair_table` codes twice over a grid of
+quality pairs and reports how often two codings are flagged.
 
 Evidence (grid, block scores, lattice fit) is measured once per image; tau,
 the median rule and every method are then applied to it, so tuning tau needs
@@ -18,18 +20,23 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import torch
+from PIL import Image
 
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_encode, jpeg_roundtrip
 from q1net.data.patches import LUMA_WEIGHTS
 from q1net.data.sources import ImageSource
-from q1net.forensics.quant_tables import ijg_equivalent_quality
+from q1net.forensics.quant_tables import ijg_equivalent_quality, other_encoder_tables
+from q1net.models.q1net import Q1Network
 from q1net.predictor.calibration import Calibration, fit_calibration
 from q1net.predictor.images import Decoded, read_image
-from q1net.predictor.inference import METHODS, TAU_GRID, ImageEvidence, Method, Prediction, Predictor
+from q1net.predictor.inference import METHODS, TAU_DEFAULT, TAU_GRID, ImageEvidence, Method, Prediction, Predictor
+from q1net.predictor.program import Q1Program, cut_regions
+from q1net.predictor.rules import vote
 
 GridOffset = Literal["none", "random"]
 IMAGES_PER_FORWARD = 16  # images whose blocks share one forward pass
@@ -48,19 +55,35 @@ class Condition:
     seed: int = 0  # for the random grid offsets
     preset: str | None = None  # a Pillow preset (e.g. web_high) instead of the quality range
     recompress: int | None = None  # Q2: code again at this quality after the first decode
+    tables: str | None = None  # another encoder's tables at each quality (q1net.forensics.quant_tables.OTHER_TABLES)
+    upscale: float | None = None  # enlarge the original (bicubic) before coding: large, smooth photos
+    quality_list: tuple[int, ...] | None = None  # these qualities instead of the range
 
     @property
     def qualities(self) -> list[int | str]:
-        return [self.preset] if self.preset else list(range(self.quality_min, self.quality_max + 1, self.quality_step))
+        if self.preset:
+            return [self.preset]
+        return list(self.quality_list) if self.quality_list else list(range(self.quality_min, self.quality_max + 1, self.quality_step))
 
     def make(self, pixels: np.ndarray, quality: int | str, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """`pixels` coded at `quality` under this condition and decoded, as (H, W, 3) uint8, and the true quality."""
+        """`pixels` coded at `quality` under this condition and decoded, as (H, W, 3) uint8, and the true quality.
+
+        The truth is the IJG quality, or the IJG-equivalent of the luma table actually used (presets, other
+        encoders' tables), or after a recompression the lower of the two codings'.
+        """
+        if self.upscale:
+            height, width = pixels.shape[:2]
+            size = (round(width * self.upscale), round(height * self.upscale))
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC))
         if self.grayscale:
             pixels = np.asarray(np.round(pixels.astype(np.float32) @ LUMA_WEIGHTS), np.uint8)
-        decoded = read_image(io.BytesIO(jpeg_encode(pixels, quality, self.subsampling)))
-        true = (
-            quality if decoded.jpeg_luma_table is None or not isinstance(quality, str) else ijg_equivalent_quality(decoded.jpeg_luma_table)
-        )
+        qtables = None
+        if self.tables is not None and not isinstance(quality, str):
+            luma, chroma = other_encoder_tables(self.tables, quality)
+            qtables = [luma.tolist()] if self.grayscale else [luma.tolist(), chroma.tolist()]
+        decoded = read_image(io.BytesIO(jpeg_encode(pixels, quality, self.subsampling, qtables)))
+        named = isinstance(quality, str) or qtables is not None
+        true = ijg_equivalent_quality(decoded.jpeg_luma_table) if named and decoded.jpeg_luma_table is not None else quality
         decoded = decoded.pixels
         if self.recompress is not None:
             decoded = jpeg_roundtrip(decoded, self.recompress, self.subsampling)
@@ -115,6 +138,40 @@ class Answers:
             strict=True,
         )
         return cls(*(np.array(column) for column in columns))
+
+
+@dataclass
+class NetworkScores:
+    """The network alone on images whose grid is at the origin (no grid detection, no lattice): what tune_tau and
+    tune_calibration need, and fast on a GPU (the training campaign, q1net.tools.gpu_train)."""
+
+    names: list[str] = field(default_factory=list)
+    true: list[int] = field(default_factory=list)
+    blocks: list[tuple] = field(default_factory=list)  # per image: (qualities, confidences, informative), as the program scores them
+
+    def predictions(self, tau: float, method: Method = "cnn") -> Answers:
+        if method != "cnn":
+            raise ValueError("network scores hold the network alone: method must be cnn")
+        return Answers.points(np.array([float(vote(*block, tau).quality) for block in self.blocks]))
+
+
+@torch.no_grad()
+def score_network(net: Q1Network, source: ImageSource, condition: Condition, calibration: Calibration | None = None) -> NetworkScores:
+    """Every image of `source` coded at every quality of `condition` (grid at the origin), scored by `net` on its device."""
+    if condition.grid_offset != "none":
+        raise ValueError("the network alone reads blocks on a grid at the origin: no grid offset")
+    device = next(net.parameters()).device
+    program = Q1Program(net, tau=TAU_DEFAULT, calibration=calibration).to(device)
+    rng, scores = np.random.default_rng(condition.seed), NetworkScores()
+    for index in range(len(source)):
+        image = source.load(index)
+        for quality in condition.qualities:
+            pixels, true = condition.make(image, quality, rng)
+            regions, rows, cols = (torch.from_numpy(a).to(device) for a in cut_regions(pixels, per_side=program.per_side))
+            scores.blocks.append(tuple(None if t is None else t.cpu() for t in program.network_alone(regions, rows, cols)))
+            scores.names.append(source.name(index))
+            scores.true.append(true)
+    return scores
 
 
 def score_source(predictor: Predictor, source: ImageSource, condition: Condition, progress: bool = False) -> BlockScores:
@@ -232,3 +289,27 @@ def tune_calibration(scores: BlockScores, tau: float) -> tuple[Calibration, dict
         "mae_calibrated_held_out": float(np.abs(held_out - true).mean()),
     }
     return calibration, report
+
+
+def pair_table(predictor: Predictor, source: ImageSource, qualities: tuple[int, ...], base: Condition, progress: bool = False) -> dict:
+    """Recompression flags over every pair (q1, q2) of `qualities`, q1 != q2, both orders: coded at q1, decoded,
+    coded at q2. Each cell: the share of images flagged as recompressed, and the hybrid MAE against min(q1, q2)."""
+    cells = []
+    for second in qualities:
+        condition = replace(base, recompress=second, quality_list=tuple(q for q in qualities if q != second), preset=None)
+        scores = score_source(predictor, source, condition, progress)
+        answers = scores.predictions(predictor.tau, "hybrid")
+        firsts = np.tile(np.array(condition.qualities), len(source))  # score_source goes image by image, quality by quality
+        for first in condition.qualities:
+            mine = firsts == first
+            error = np.abs(answers.quality[mine] - np.array(scores.true)[mine])
+            cells.append(
+                {
+                    "first": first,
+                    "second": second,
+                    "images": int(mine.sum()),
+                    "flagged": float(answers.recompressed[mine].mean()),
+                    "mae": float(error.mean()),
+                }
+            )
+    return {"qualities": list(qualities), "cells": cells}

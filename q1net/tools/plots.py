@@ -58,23 +58,28 @@ def zoom_patch(patch: np.ndarray) -> Image.Image:
     return image.resize((image.width * GALLERY_ZOOM, image.height * GALLERY_ZOOM), Image.NEAREST)
 
 
-def heatmap_image(
-    pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, quality: np.ndarray, kept: np.ndarray, ring: int, block: int
-) -> Image.Image:
-    """`pixels` with each sampled coding block filled by its predicted quality; voting blocks outlined white.
+def heatmap_image(pixels: np.ndarray, result, title: str) -> Image.Image:
+    """The photo beside its n x n grid of sampled blocks, each cell filled with the block's quality on one colour scale.
 
-    `quality` and `kept` are (len(rows), len(cols)) grids; the block of a patch
-    starting at (r, c) is the `block`-sized square at (r + ring, c + ring).
+    Blocks that voted are shown at full strength; the others (below tau, flat, or read twice on a
+    small image) are greyed and crossed. `result` is a Prediction made with return_blocks; `title`
+    states the answer, its range and the method.
     """
-    from PIL import ImageDraw
-
-    colours = (matplotlib.colormaps["viridis"](np.clip(quality, QUALITY_MIN, QUALITY_MAX) / QUALITY_MAX)[..., :3] * 255).astype(np.uint8)
-    base = Image.fromarray(pixels).convert("RGBA")
-    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
-    for i, top in enumerate(rows):
-        for j, left in enumerate(cols):
-            box = (int(left) + ring, int(top) + ring, int(left) + ring + block - 1, int(top) + ring + block - 1)
-            outline = (255, 255, 255, 255) if kept[i, j] else (0, 0, 0, 160)
-            draw.rectangle(box, fill=(*colours[i, j], 170), outline=outline)
-    return Image.alpha_composite(base, overlay).convert("RGB")
+    quality, kept = result.block_quality, result.block_kept
+    figure, (photo, grid) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    photo.imshow(pixels, interpolation="lanczos")
+    centre = GALLERY_ZOOM  # a patch's centre: its block's middle, 8 px in
+    ys, xs = np.meshgrid(result.block_rows + centre, result.block_cols + centre, indexing="ij")
+    photo.scatter(xs[kept], ys[kept], s=6, c="white", edgecolors="black", linewidths=0.3)
+    photo.set(title="image (white: blocks that voted)", xticks=[], yticks=[])
+    scale = {"cmap": "viridis", "vmin": QUALITY_MIN, "vmax": QUALITY_MAX, "interpolation": "nearest"}
+    shown = grid.imshow(np.clip(quality, QUALITY_MIN, QUALITY_MAX), **scale)
+    grid.imshow(np.where(kept, np.nan, 1.0), cmap="Greys", vmin=0, vmax=1.6, alpha=0.75, interpolation="nearest")
+    rows, cols = np.nonzero(~kept)
+    grid.scatter(cols, rows, marker="x", s=12, c="black", linewidths=0.6)
+    grid.set(title=f"{kept.sum()} of {kept.size} blocks voted (crossed: did not)", xlabel="block column", ylabel="block row")
+    grid.xaxis.get_major_locator().set_params(integer=True)
+    grid.yaxis.get_major_locator().set_params(integer=True)
+    figure.colorbar(shown, ax=grid, fraction=0.046, pad=0.04, label="block quality")
+    figure.suptitle(title)
+    return _figure_image(figure)
