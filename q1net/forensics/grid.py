@@ -30,6 +30,7 @@ from torch import nn
 
 from q1net.data.geometry import REGIONS
 from q1net.forensics.dct import BLOCK, dct_basis
+from q1net.forensics.ops import take
 
 SURE_Z = 5.0  # lead (in standard errors) from which the lattice score's phase is trusted
 BLOCKY_Z = 8.0  # lead from which blockiness proposes a phase in each direction
@@ -95,7 +96,7 @@ class GridDetector(nn.Module):
         total = (per_phase * weight[:, None]).sum(dim=0)
         best, _ = lead(total)
         second = torch.topk(total, 2).indices[1]
-        gaps = per_phase[:, best] - per_phase[:, second]  # (R,)
+        gaps = take(per_phase, best, dim=1) - take(per_phase, second, dim=1)  # (R,)
         count = weight.sum().clamp(min=2.0)
         mean = (gaps * weight).sum() / count
         spread = torch.sqrt(((gaps - mean) ** 2 * weight).sum() / (count - 1)).clamp(min=1e-6)

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from q1net.forensics.ops import first_true, last_true, log_add_exp, log_sum_exp, take
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, equivalent_index, ijg_distances, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
@@ -82,18 +83,6 @@ DETAIL_BLOCKS = 64  # the most textured blocks: the screen of the tables and the
 DOUBLE_BLOCKS = 32  # the most textured of those: the double model (a detection and the first coding's quality)
 SCREEN_TABLES = 12  # tables scored on every block after the screen
 LOG_EPS, LOG_KEEP = math.log(OUTLIER_SHARE), math.log(1 - OUTLIER_SHARE)
-
-
-def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(exp(a) + exp(b)) without overflow, spelled out: exported graphs may expand logaddexp as written."""
-    high = torch.maximum(a, b)
-    return high + torch.log1p(torch.exp(-(a - b).abs()))
-
-
-def log_sum_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """log sum exp over `dim` without overflow (finite inputs), spelled out like log_add_exp."""
-    high = x.amax(dim=dim, keepdim=True)
-    return (high + torch.log(torch.exp(x - high).sum(dim=dim, keepdim=True))).squeeze(dim)
 
 
 def log_erfcx(z: torch.Tensor) -> torch.Tensor:
@@ -188,17 +177,6 @@ def make_pairs(tables: np.ndarray) -> Pairs:
         len(unique),
         torch.from_numpy(inverse.reshape(tables.shape)),
     )
-
-
-def first_true(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the first True of a 1-D bool tensor (0 when none): argmax of a strictly decreasing score."""
-    order = torch.arange(mask.shape[-1], 0, -1, dtype=torch.float32)
-    return torch.argmax(mask.float() * order, dim=-1)
-
-
-def last_true(mask: torch.Tensor) -> torch.Tensor:
-    order = torch.arange(1, mask.shape[-1] + 1, dtype=torch.float32)
-    return torch.argmax(mask.float() * order, dim=-1)
 
 
 class LatticeFit(NamedTuple):
@@ -303,7 +281,7 @@ class LatticeVerifier(nn.Module):
         )
         best = torch.argmax(table)
         unscored_close = (screen >= screen.max() - TIE_NATS) & torch.isinf(table)
-        plausible = (table >= table[best] - TIE_NATS) | unscored_close
+        plausible = (table >= take(table, best) - TIE_NATS) | unscored_close
 
         steps, known, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
         estimated_over = (p0_top[:, 0] * dc_top).sum() + (p0_top[:, 1:] * ac_top[:, None]).sum()  # "no lattice" on the same blocks
@@ -313,7 +291,7 @@ class LatticeVerifier(nn.Module):
         ijg = (misfit <= MISFIT_MAX) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
         allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
-        strength = torch.where(ijg, (table[best] - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
+        strength = torch.where(ijg, (take(table, best) - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
 
         # Double coding: a first IJG coding, then a second one on the same grid. Either lattice can fit best alone (the
         # first when the second is much finer), so both sides are searched: earlier tables under the best one, and
@@ -323,23 +301,24 @@ class LatticeVerifier(nn.Module):
         # (The blocks come sorted, most textured first: the double model reads the first DOUBLE_BLOCKS.)
         c_double, p0_double, ac_double = c_top[:DOUBLE_BLOCKS], p0_top[:DOUBLE_BLOCKS], ac_top[:DOUBLE_BLOCKS]
         double_unit = torch.maximum(ac_double, dc_top[:DOUBLE_BLOCKS]).sum().clamp(min=1.0)
-        single = self.tables[best].expand_as(self.tables)
+        best_table = take(self.tables, best)
+        single = best_table.expand_as(self.tables)
         index = torch.arange(len(IJG_QUALITIES))
         earlier = torch.where(index < best, self.double_scores(c_double, scale, p0_double, ac_double, self.tables, single), -math.inf)
         finer = torch.where(index > best, self.double_scores(c_double, scale, p0_double, ac_double, single, self.tables), -math.inf)
-        baseline = self.double_scores(
-            c_double, scale, p0_double, ac_double, torch.stack([self.tables[best], steps]), torch.stack([self.tables[best], steps])
-        ).max()
+        either = torch.stack([best_table, steps])
+        baseline = self.double_scores(c_double, scale, p0_double, ac_double, either, either).max()
         by_first = torch.maximum(earlier, torch.where(index == best, finer.max(), -math.inf))  # (100,) over the first coding's quality
         first = torch.argmax(by_first)
-        first_plausible = by_first >= by_first[first] - TIE_NATS
-        double_gain = torch.where(torch.isfinite(by_first[first]), (by_first[first] - baseline) / double_unit, torch.zeros(()))
+        first_score = take(by_first, first)
+        first_plausible = by_first >= first_score - TIE_NATS
+        double_gain = torch.where(torch.isfinite(first_score), (first_score - baseline) / double_unit, torch.zeros(()))
         qualities = torch.from_numpy(IJG_QUALITIES.astype(np.float32))
         return LatticeFit(
             found=evidence >= MIN_EVIDENCE,
-            quality=qualities[quality_index],
-            quality_low=qualities[first_true(allowed)],
-            quality_high=qualities[last_true(allowed)],
+            quality=take(qualities, quality_index),
+            quality_low=take(qualities, first_true(allowed)),
+            quality_high=take(qualities, last_true(allowed)),
             strength=strength,
             ijg=ijg,
             misfit=misfit,
@@ -348,7 +327,7 @@ class LatticeVerifier(nn.Module):
             tables=table,
             steps=steps,
             known=known,
-            first_quality=qualities[first],
+            first_quality=take(qualities, first),
             first_plausible=first_plausible,
             double_gain=double_gain.clamp(min=0.0),
         )

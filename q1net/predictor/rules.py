@@ -32,7 +32,8 @@ from typing import NamedTuple
 import torch
 
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
-from q1net.forensics.lattice import LatticeFit, first_true, last_true
+from q1net.forensics.lattice import LatticeFit
+from q1net.forensics.ops import first_true, last_true, take
 
 FLAT_RANGE = 3.0  # a patch whose channels each span at most this many levels is flat: it never votes
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share of the informative blocks
@@ -74,7 +75,7 @@ def quantile(ordered: torch.Tensor, count: torch.Tensor, fraction: float) -> tor
     below = torch.floor(position).long()
     above = torch.ceil(position).long()
     weight = position - below.float()
-    return ordered[below] * (1 - weight) + ordered[above] * weight
+    return take(ordered, below) * (1 - weight) + take(ordered, above) * weight
 
 
 def on_scale(quality: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ def vote(
         fallback = ~passed.any()
         share = torch.ceil(FALLBACK_SHARE * count.float()).clamp(min=1.0)
         ranked = torch.topk(torch.where(informative, confidence, torch.full_like(confidence, -float("inf"))), confidence.shape[0]).indices
-        rank = torch.empty_like(ranked).index_put((ranked,), torch.arange(confidence.shape[0], device=ranked.device))
+        rank = torch.zeros_like(ranked).index_put((ranked,), torch.arange(confidence.shape[0], device=ranked.device))
         most_confident = informative & (rank.float() < share)
         kept = (fallback & most_confident) | (~fallback & passed)  # bool selects: ONNX Runtime has no Where on booleans
     # with no informative block at all the answer rests on every block, flagged as a fallback without support
@@ -135,7 +136,7 @@ def nearest_allowed(allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     """The IJG quality of the (100,) `allowed` mask nearest to `target` (the lower on a tie)."""
     qualities = torch.arange(QUALITY_MIN, QUALITY_MAX + 1, dtype=torch.float32)
     distance = torch.where(allowed, (qualities - target).abs(), torch.full_like(qualities, float("inf")))
-    return qualities[torch.argmin(distance)]
+    return take(qualities, torch.argmin(distance))
 
 
 def first_true_quality(allowed: torch.Tensor) -> torch.Tensor:

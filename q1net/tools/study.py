@@ -36,7 +36,7 @@ STEPS_KEYS = {"OneCycleLR": "total_steps", "CosineAnnealingLR": "T_max"}  # sche
 CURVES = (  # (CSV column, panel title), drawn against patches seen
     ("val/image_mae_best_tau", "validation image MAE (best tau)"),
     ("val/patch_mae", "validation patch MAE"),
-    ("train/patch_mae_step", "training patch MAE"),
+    ("train/patch_mae", "training patch MAE (running mean of 5 logs)"),
 )
 
 
@@ -149,7 +149,7 @@ def report(setup: Setup, into: Path) -> dict:
                 values = np.convolve([v for _, v in points], np.ones(5) / 5, mode="valid")
                 points = list(zip([s for s, _ in points][4:], values, strict=True))
             axis.plot([(step + 1) * batch for step, _ in points], [value for _, value in points], label=name, lw=2 if name == "base" else 1)
-            axis.set(xscale="log", xlabel="training patches seen", title=title)
+            axis.set(xscale="log", yscale="log", xlabel="training patches seen", title=title)
         last = {key: values[-1][1] for key, values in metrics.items()}
         rows.append(
             {
