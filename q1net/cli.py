@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--workers", type=positive_int, default=1, help="processes predicting in parallel (default 1)")
     predict.add_argument("--max-pixels", type=positive_int, default=None, help="refuse images with more pixels (default 100 M)")
     predict.add_argument("--show-table", action="store_true", help="estimate and print the 64 luma quantiser steps from the pixels")
+    predict.add_argument(
+        "--program", default=None, metavar="FILE", help="run an exported program (.onnx, .pte from q1net export) instead of the weights"
+    )
 
     evaluate = commands.add_parser("evaluate", help="the paper's protocol: code lossless images at every quality, predict")
     add_condition_arguments(evaluate)
@@ -309,11 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("xnnpack", "vulkan", "portable"), default="xnnpack", help="ExecuTorch backend for --format pte"
     )
     export.add_argument("--fp16", action="store_true", help="fp16 Vulkan program")
-    export.add_argument("--all", action="store_true", help="ONNX, XNNPACK .pte and Vulkan .pte in fp32 and fp16")
+    export.add_argument("--all", action="store_true", help="every network program (ONNX, XNNPACK, Vulkan fp32/fp16) and every hybrid one")
     export.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
     export.add_argument("--out", default="exports", help="output folder (default exports/)")
     export.add_argument("--blocks", type=positive_int, default=16, help="blocks per side of the Vulkan mosaic (default 16)")
     export.add_argument("--images", default=None, help="folder of lossless images for the parity check (default: built-in synthetic)")
+    export.add_argument("--program", choices=("network", "hybrid"), default="network", help="the network alone, or the whole predictor")
+    export.add_argument("--parity-images", type=positive_int, default=None, help="use only the first N images of --images")
+    export.add_argument(
+        "--parity-qualities", type=parse_blocks, default=[10, 50, 90], help="qualities of the hybrid parity check (default 10,50,90)"
+    )
 
     bench = commands.add_parser("bench", help="measure latency, throughput, training speed and memory; write OUT/results.{json,md}")
     bench.add_argument("--out", default="bench", help="output folder (default bench/)")
@@ -361,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(args: argparse.Namespace, blocks: int):
-    from q1net.predictor.inference import Predictor
+    from q1net.predictor.inference import Predictor, ProgramPredictor
+
+    if getattr(args, "program", None):
+        return ProgramPredictor(args.program, **({"max_pixels": args.max_pixels} if getattr(args, "max_pixels", None) else {}))
 
     options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
     options["calibrate"] = not getattr(args, "no_calibration", False)
@@ -487,23 +498,40 @@ def run_tune_tau(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from q1net.data.sources import FolderSource, SyntheticSource
-    from q1net.export.parity import ParityError
-    from q1net.export.run import ALL_TARGETS, Target, export_target
+    from q1net.export.hybrid import HYBRID_TARGETS, HybridTarget
+    from q1net.export.run import ALL_TARGETS, Target
     from q1net.predictor.weights import WeightsError
 
     if not args.all and args.format is None:
         fail("export: give --format onnx|pte or --all")
         return EXIT_USAGE
-    targets = ALL_TARGETS if args.all else (Target(args.format, args.backend if args.format == "pte" else None, args.fp16),)
+    if args.format == "pte" and args.program == "hybrid" and args.backend not in ("xnnpack", "vulkan"):
+        fail("export: the hybrid program is lowered for --backend xnnpack or vulkan")
+        return EXIT_USAGE
+    network_targets = () if args.program == "hybrid" else (Target(args.format, args.backend if args.format == "pte" else None, args.fp16),)
+    hybrid_targets = (HybridTarget(args.format, args.backend if args.format == "pte" else None),) if args.program == "hybrid" else ()
+    if args.all:
+        network_targets, hybrid_targets = ALL_TARGETS, HYBRID_TARGETS
     try:
         predictor = load_predictor(argparse.Namespace(checkpoint=args.checkpoint, device="cpu"), args.blocks)
         source = FolderSource(args.images) if args.images else SyntheticSource(count=3, size=256, seed=2024)
-        images = [source.load(i) for i in range(min(3, len(source)))]
+        images = [source.load(i) for i in range(min(args.parity_images or len(source), len(source)))]
     except (WeightsError, FileNotFoundError) as error:
         fail(str(error))
         return EXIT_USAGE
+    failures = export_networks(args, predictor, network_targets, images[:3]) if network_targets else 0
+    if hybrid_targets:
+        failures += export_hybrids(args, predictor, hybrid_targets, images)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def export_networks(args: argparse.Namespace, predictor, targets, images) -> int:
+    """The network-only programs: their table (parity of raw outputs), and the count of parity failures."""
+    from q1net.export.parity import ParityError
+    from q1net.export.run import export_target
+
     print(
-        f"{'format':<26} {'size KB':>8} {'max|diff|':>10} {'image MAE':>9} {'ms/image':>9}  checked with (|diff| on the 0..1 output scale)"
+        f"{'network':<26} {'size KB':>8} {'max|diff|':>10} {'image MAE':>9} {'ms/image':>9}  checked with (|diff| on the 0..1 output scale)"
     )
     failures = 0
     for target in targets:
@@ -517,7 +545,34 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"{row['format']:<26} {row['size_kb']:>8.1f} {row['max_abs_diff']:>10.2e} {row['image_mae']:>9.2f} {ms:>9}  {row['runtime']}")
         for note in row["notes"]:
             print(f"{'':<26} note: {note}")
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    return failures
+
+
+def export_hybrids(args: argparse.Namespace, predictor, targets, images) -> int:
+    """The whole-predictor programs: their table (answers against q1net predict's), and the count of parity failures."""
+    from q1net.export.hybrid import PARITY_LEVELS, export_hybrid, parity_cases
+    from q1net.export.parity import ParityError
+
+    cases = parity_cases(images, tuple(args.parity_qualities))
+    expected = [(result.quality, result.method) for result in (predictor.predict(pixels) for pixels in cases)]
+    within = f"within {PARITY_LEVELS}"
+    print(f"{'program':<26} {'size KB':>8} {'images':>7} {within:>10} {'method':>7} {'max|dq|':>8} {'ms/image':>9}  run by")
+    failures = 0
+    for target in targets:
+        try:
+            row = export_hybrid(predictor, target, Path(args.out), cases, expected)
+        except ParityError as error:
+            fail(f"parity failed: {error}")
+            failures += 1
+            continue
+        ms = "n/a" if row["ms_per_image"] is None else f"{row['ms_per_image']:.1f}"
+        print(
+            f"{row['format']:<26} {row['size_kb']:>8.1f} {row['images']:>7} {row['quality_within']:>10.1%} {row['method_agrees']:>7.1%} "
+            f"{row['max_quality_diff']:>8.2f} {ms:>9}  {row['runtime']}"
+        )
+        for note in row["notes"]:
+            print(f"{'':<26} note: {note}")
+    return failures
 
 
 def run_study(args: argparse.Namespace) -> int:

@@ -1,10 +1,14 @@
 """Export a trained Q1Net: one function per format, each writing the model and its metadata JSON.
 
+The network alone (for apps that want only it; the tau rule, the median and the
+calibration are then the app's, METADATA["postprocess"]):
 - ONNX: the batched net, (B, 3, 16, 16) -> (B, alpha), dynamic batch, one file.
 - ExecuTorch XNNPACK / portable: the batched net with a dynamic batch (CPU).
 - ExecuTorch Vulkan: the mosaic form (q1net.export.mosaic), batch 1, fp32 or fp16,
   so that every convolution runs inside the Vulkan delegate.
-The tau filter and the median stay outside every program (METADATA["postprocess"]).
+The whole predictor (issue #14): q1net.predictor.program.Q1Program, the very module
+`Predictor` runs, from regions of pixels to the answer; for Vulkan its network is the
+mosaic form and only that module is delegated, the rules run on the CPU kernels.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import torch
 
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
-from q1net.export.mosaic import MosaicQ1Net
+from q1net.export.mosaic import MosaicNetwork, MosaicQ1Net
 from q1net.models.q1net import Q1Network
+from q1net.predictor.program import ANSWER_FIELDS, Q1Program, cut_regions
 
 Backend = Literal["xnnpack", "vulkan", "portable"]
 EXAMPLE_BATCH = 32  # dynamic-batch exports need an example of 16 or more (ENVIRONMENT.md)
@@ -163,3 +168,127 @@ def export_pte(
 ) -> Path:
     """Lower (see `lower`) and write the .pte with its metadata JSON."""
     return write_pte(net, lower(net, backend, fp16, blocks), out, tau)
+
+
+# ---- the whole predictor ----------------------------------------------------------------
+
+CUTTING_RULE = (
+    "Cut n x n regions of 24 x 24 pixels (n = regions_per_side): region (i, j) is image[rows[i]:rows[i] + 24, "
+    "cols[j]:cols[j] + 24], row-major, as uint8 RGB in NCHW order (3, 24, 24). Along a side of L pixels, with "
+    "A = max(1, (L - 24) // 8 + 1), start i is 8 * floor((2i + 1) * A / (2n)) for i = 0 .. n-1 (multiples of 8, "
+    "the centres of n equal cells; they repeat on sides shorter than 8n + 16). A side shorter than 24 pixels is "
+    "padded first by repeating its last row or column. Pass rows and cols (int64) as well."
+)
+
+
+def hybrid_program(net: Q1Network, tau: float, calibration, blocks: int = 16, backend: Backend | None = None) -> Q1Program:
+    """The predictor as one module; for Vulkan with the batch-1 mosaic net in the network slot."""
+    network = MosaicNetwork(net, blocks) if backend == "vulkan" else None
+    return Q1Program(net, tau, calibration, blocks, network=network).eval()
+
+
+def hybrid_inputs(program: Q1Program) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Example (regions, rows, cols) of the program's fixed shapes, from a synthetic picture."""
+    from q1net.data.sources import SyntheticSource
+
+    pixels = SyntheticSource(count=1, size=8 * program.per_side + 16, seed=0).load(0)
+    return tuple(torch.from_numpy(a) for a in cut_regions(pixels, per_side=program.per_side))
+
+
+def hybrid_layout(program: Q1Program) -> dict:
+    n, side, blocks = program.per_side, program.geometry.side, program.blocks
+    return {
+        "regions_per_side": n,
+        "blocks_per_side": blocks,
+        "tensors": [
+            {"name": "regions", "shape": [n * n, 3, side, side], "dtype": "uint8"},
+            {"name": "rows", "shape": [n], "dtype": "int64"},
+            {"name": "cols", "shape": [n], "dtype": "int64"},
+        ],
+        "cutting_rule": CUTTING_RULE,
+    }
+
+
+def hybrid_metadata(program: Q1Program, structure: dict | None = None) -> dict:
+    blocks = program.blocks
+    return (
+        metadata(program.net, program.tau, hybrid_layout(program))
+        | {
+            "method": program.method,
+            "calibration": None if program.calibration.is_identity else program.calibration.as_dict(),
+            "outputs": {
+                "tensors": [
+                    {"name": "answer", "shape": [len(ANSWER_FIELDS)]},
+                    {"name": "block_quality", "shape": [blocks, blocks]},
+                    {"name": "block_confidence", "shape": [blocks, blocks]},
+                    {"name": "block_vote", "shape": [blocks, blocks], "meaning": "1 where the block voted"},
+                    {"name": "table_steps", "shape": [64], "meaning": "estimated luma steps, natural order"},
+                    {"name": "table_known", "shape": [64], "meaning": "1 where the pixels pin the step down"},
+                ],
+                "answer_fields": list(ANSWER_FIELDS),
+                "method_codes": {"0": "cnn", "1": "lattice"},
+            },
+            "postprocess": "none: the answer is complete (header fields, from a JPEG file's own tables, are the host's)",
+        }
+        | ({"program": structure} if structure else {})
+    )
+
+
+def export_hybrid_onnx(program: Q1Program, out: str | os.PathLike[str]) -> Path:
+    """The whole predictor as one self-contained .onnx, checked by onnx.checker, its metadata in its props and beside it."""
+    import onnx
+
+    out = Path(out)
+    names = [tensor["name"] for tensor in hybrid_metadata(program)["outputs"]["tensors"]]
+    with torch.no_grad():
+        exported = torch.onnx.export(
+            program, hybrid_inputs(program), dynamo=True, external_data=False, input_names=["regions", "rows", "cols"], output_names=names
+        )
+    exported.save(str(out), external_data=False)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = hybrid_metadata(program, {"runs": "every operator on ONNX Runtime's execution provider"})
+    onnx.helper.set_model_props(model, {"q1net": json.dumps(meta)})
+    onnx.save(model, str(out))
+    write_metadata(out, meta)
+    return out
+
+
+def lower_hybrid(program: Q1Program, backend: Backend) -> LoweredProgram:
+    """The whole predictor as an ExecuTorch program. XNNPACK takes what it can of it (the network and much of the
+    arithmetic); Vulkan takes only the network's mosaic module, in one delegate, and the rules stay on the CPU kernels."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    if backend == "vulkan":
+        from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+
+        partitioners = [VulkanPartitioner(nn_module_allowlist=[MosaicQ1Net.__name__])]
+    elif backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioners = [XnnpackPartitioner()]
+    else:
+        partitioners = []
+    with torch.no_grad():
+        exported = torch.export.export(program, hybrid_inputs(program))
+    manager = to_edge_transform_and_lower(exported, partitioner=partitioners).to_executorch()
+    plan = manager.executorch_program.execution_plan[0]
+    structure = {
+        "backend": backend,
+        "delegates": [d.id for d in plan.delegates],
+        "operators": sorted({o.name for o in plan.operators}),
+        "runs": {
+            "vulkan": "the network (its mosaic form) in one VulkanBackend delegate; grid detection, the lattice, the tau rule "
+            "and the hybrid combine on ExecuTorch's CPU (portable) kernels",
+            "xnnpack": "XNNPACK delegates for the network and the arithmetic it supports; the rest on the portable kernels",
+            "portable": "every operator on the portable kernels",
+        }[backend],
+    }
+    return LoweredProgram(exported, manager, hybrid_layout(program), structure)
+
+
+def write_hybrid_pte(program: Q1Program, lowered: LoweredProgram, out: str | os.PathLike[str]) -> Path:
+    out = Path(out)
+    out.write_bytes(lowered.manager.buffer)
+    write_metadata(out, hybrid_metadata(program, lowered.structure))
+    return out

@@ -92,3 +92,18 @@ def to_mosaic(patches: torch.Tensor, blocks: int) -> torch.Tensor:
 def from_mosaic(outputs: torch.Tensor, count: int) -> torch.Tensor:
     """(1, alpha, n, n) mosaic outputs -> (count, alpha), in the patches' row-major order."""
     return outputs[0].flatten(1).T[:count]
+
+
+class MosaicNetwork(nn.Module):
+    """A batch of n*n patches through the batch-1 mosaic net: what `Q1Program`'s network slot takes for the
+    Vulkan export, so that the whole network runs inside one VulkanBackend delegate."""
+
+    def __init__(self, net: Q1Network, blocks: int) -> None:
+        super().__init__()
+        self.mosaic, self.blocks = MosaicQ1Net(net, blocks), blocks
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(n*n, 3, P, P) -> (n*n, alpha), as the batched net."""
+        n, (_, channels, tile, _) = self.blocks, patches.shape
+        mosaic = patches.reshape(n, n, channels, tile, tile).permute(2, 0, 3, 1, 4).reshape(1, channels, n * tile, n * tile)
+        return self.mosaic(mosaic)[0].flatten(1).T

@@ -112,3 +112,25 @@ def make_engine(net: Q1Network, engine: EngineName = "auto", device: torch.devic
             raise
         warnings.warn(f"ONNX Runtime unavailable ({type(error).__name__}: {error}); using PyTorch", stacklevel=2)
         return TorchEngine(net, device)
+
+
+def program_runner(path: Path):
+    """An exported program (q1net.predictor.program, written by `q1net export`) run by its runtime here:
+    ONNX Runtime for .onnx, the ExecuTorch runtime for .pte (XNNPACK and portable kernels; the pip runtime
+    has no Vulkan backend). Returns (regions, rows, cols) tensors -> the program's output tensors."""
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run_onnx(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(torch.from_numpy(o) for o in session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)}))
+
+        return run_onnx
+    if path.suffix == ".pte":
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        return lambda *inputs: tuple(method.execute(list(inputs)))
+    raise ValueError(f"{path}: not an exported program (.onnx or .pte)")

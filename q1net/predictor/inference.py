@@ -16,8 +16,10 @@ alone (the paper's method); "lattice" the lattice alone (q1net.predictor.rules).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -29,11 +31,11 @@ from q1net.data.geometry import GEOMETRY
 from q1net.forensics.quant_tables import ijg_equivalent_quality
 from q1net.models.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
-from q1net.predictor.engines import Engine, EngineName, make_engine
+from q1net.predictor.engines import Engine, EngineName, make_engine, program_runner
 from q1net.predictor.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
-from q1net.predictor.program import Evidence, Q1Program, cut_regions
+from q1net.predictor.program import ANSWER_FIELDS, Evidence, Q1Program, answer_tensors, cut_regions, spread_index
 from q1net.predictor.rules import METHOD_CODES
-from q1net.predictor.weights import DEFAULT_PRETRAINED, load_net_file, load_weights, pretrained_path
+from q1net.predictor.weights import DEFAULT_PRETRAINED, WeightsError, load_net_file, load_weights, pretrained_path
 
 TAU_DEFAULT = 96.0  # confidence threshold found by grid search in the paper
 TAU_GRID = tuple(np.round(np.arange(80.0, 99.51, 0.5), 2))  # the thresholds tune-tau and training's validation search
@@ -52,12 +54,13 @@ METHOD_NAMES = {code: name for name, code in METHOD_CODES.items()}
 class ImageEvidence:
     """What one image shows, measured once: the program's evidence and what the file itself says."""
 
-    evidence: Evidence
+    evidence: Evidence | None  # None when an exported program answered (`outputs`)
     rows: np.ndarray  # (n,) region starts in the image (the program's input)
     cols: np.ndarray
     header_quality: int | None = None  # IJG-equivalent quality of a JPEG file's own luma table
     codec: str | None = None  # another lossy codec the file was coded with (q1net.predictor.images)
     notes: tuple[str, ...] = ()  # from reading the image (q1net.predictor.images.conversion_notes)
+    outputs: tuple[torch.Tensor, ...] | None = None  # an exported program's answer (ProgramPredictor)
 
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
@@ -228,68 +231,126 @@ class Predictor:
         show_table: bool = False,
     ) -> Prediction:
         """The answer `found` gives under `tau` and `method` (the predictor's own by default)."""
-        evidence = found.evidence
-        cnn, verdict = self.program.decide(evidence, tau, method)
-        fit = evidence.lattice
-        low, high, determined = int(verdict.low), int(verdict.high), bool(verdict.determined)
-        notes = list(found.notes)
-        recompressed = bool(verdict.recompressed)
-        by_lattice = METHOD_NAMES[float(verdict.method)] == "lattice"
-        if found.codec is not None:
-            notes.append(f"{found.codec} file: not a JPEG quality unless a JPEG lattice is found")
-            determined = determined and by_lattice
-        if recompressed:
-            notes.append(f"recompressed: the pixels show an earlier coding at about {float(verdict.quality):.0f}")
-        elif found.header_quality is not None and determined and high < found.header_quality - HEADER_MARGIN:
-            recompressed = True
-            notes.append(f"recompressed: header says {found.header_quality}, the pixels {low}..{high}")
-        if not determined:
-            notes.append(undetermined_reason(evidence, cnn.fallback, low, high))
-        blocks = {}
-        if return_blocks:
-            grid = (self.blocks, self.blocks)
-            starts = self.program.picked.numpy()
-            g = GEOMETRY
-            blocks = {
-                "block_quality": evidence.quality.reshape(grid).numpy(),
-                "block_confidence": None if evidence.confidence is None else evidence.confidence.reshape(grid).numpy(),
-                "block_kept": (cnn.kept & evidence.informative).reshape(grid).numpy(),
-                "block_rows": found.rows[starts] + (int(evidence.dy) + g.ring) % g.block,
-                "block_cols": found.cols[starts] + (int(evidence.dx) + g.ring) % g.block,
-            }
-        table = None
-        if show_table:
-            table = [int(step) if known else None for step, known in zip(fit.steps.tolist(), fit.known.tolist(), strict=True)]
-        return Prediction(
-            quality=float(verdict.quality),
-            quality_low=low,
-            quality_high=high,
-            determined=determined,
-            confidence=None if evidence.confidence is None else float(cnn.confidence),
-            blocks_used=int((cnn.kept & evidence.informative).sum()),
-            blocks_sampled=int(evidence.read_once.sum()),
-            fallback=bool(cnn.fallback),
-            method=METHOD_NAMES[float(verdict.method)],
-            cnn_quality=float(cnn.quality),
-            lattice_quality=int(fit.quality) if bool(fit.found) else None,
-            lattice_strength=float(fit.strength) if bool(fit.found) else None,
-            grid=(int(evidence.dy), int(evidence.dx)),
-            grid_sure=bool(evidence.grid_found),
-            header_quality=found.header_quality,
-            recompressed=recompressed,
-            source=source,
-            notes=tuple(notes),
-            table=table,
-            **blocks,
-        )
+        cnn, verdict = self.program.decide(found.evidence, tau, method)
+        outputs = answer_tensors(found.evidence, cnn, verdict, self.blocks)
+        return prediction(outputs, found, self.program.picked.numpy(), source, return_blocks, show_table)
 
 
-def undetermined_reason(evidence: Evidence, fallback: torch.Tensor, low: int, high: int) -> str:
+def prediction(
+    outputs: tuple[torch.Tensor, ...],
+    found: ImageEvidence,
+    picked: np.ndarray,
+    source: str | None = None,
+    return_blocks: bool = False,
+    show_table: bool = False,
+) -> Prediction:
+    """A Prediction from the program's outputs (q1net.predictor.program.answer_tensors, or an exported program's) and what
+    the host knows of the file: its header, its codec, how it was read. `picked`: the CNN's region rows and columns."""
+    answer = dict(zip(ANSWER_FIELDS, outputs[0].tolist(), strict=True))
+    block_quality, block_confidence, block_vote, steps, known = (t.numpy() for t in outputs[1:])
+    low, high, determined = int(answer["quality_low"]), int(answer["quality_high"]), bool(answer["determined"])
+    method = METHOD_NAMES[answer["method"]]
+    notes = list(found.notes)
+    recompressed = bool(answer["recompressed"])
+    if found.codec is not None:
+        notes.append(f"{found.codec} file: not a JPEG quality unless a JPEG lattice is found")
+        determined = determined and method == "lattice"
+    if recompressed:
+        notes.append(f"recompressed: the pixels show an earlier coding at about {answer['quality']:.0f}")
+    elif found.header_quality is not None and determined and high < found.header_quality - HEADER_MARGIN:
+        recompressed = True
+        notes.append(f"recompressed: header says {found.header_quality}, the pixels {low}..{high}")
+    if not determined:
+        notes.append(undetermined_reason(answer, low, high))
+    has_confidence = bool(answer["has_confidence"])
+    blocks = {}
+    if return_blocks:
+        g = GEOMETRY
+        blocks = {
+            "block_quality": block_quality,
+            "block_confidence": block_confidence if has_confidence else None,
+            "block_kept": block_vote > 0,
+            "block_rows": found.rows[picked] + (int(answer["grid_dy"]) + g.ring) % g.block,
+            "block_cols": found.cols[picked] + (int(answer["grid_dx"]) + g.ring) % g.block,
+        }
+    table = [int(step) if ok else None for step, ok in zip(steps.tolist(), known.tolist(), strict=True)] if show_table else None
+    lattice_found = bool(answer["lattice_found"])
+    return Prediction(
+        quality=answer["quality"],
+        quality_low=low,
+        quality_high=high,
+        determined=determined,
+        confidence=answer["confidence"] if has_confidence else None,
+        blocks_used=int(answer["blocks_used"]),
+        blocks_sampled=int(answer["blocks_sampled"]),
+        fallback=bool(answer["fallback"]),
+        method=method,
+        cnn_quality=answer["cnn_quality"],
+        lattice_quality=int(answer["lattice_quality"]) if lattice_found else None,
+        lattice_strength=answer["lattice_strength"] if lattice_found else None,
+        grid=(int(answer["grid_dy"]), int(answer["grid_dx"])),
+        grid_sure=bool(answer["grid_sure"]),
+        header_quality=found.header_quality,
+        recompressed=recompressed,
+        source=source,
+        notes=tuple(notes),
+        table=table,
+        **blocks,
+    )
+
+
+def undetermined_reason(answer: dict[str, float], low: int, high: int) -> str:
     """Why an answer is not determined, in words, for `notes`."""
-    if not bool(evidence.informative.any()):
+    if not answer["blocks_informative"]:
         return "undetermined: no informative block (flat or tiny content)"
-    if not bool(evidence.grid_found):
+    if not answer["grid_sure"]:
         return "undetermined: no JPEG grid found (never JPEG-coded, resized or filtered after coding)"
-    if bool(fallback):
+    if answer["fallback"]:
         return "undetermined: no block passed tau"
     return f"undetermined: the pixels allow {low}..{high}"
+
+
+class ProgramPredictor:
+    """`q1net predict --program FILE`: an exported program (`q1net export`) run by its runtime on this machine, with the
+    host's part (reading, cutting the regions, the file's header and codec) done as Predictor does it. Tau and the
+    method are the program's own."""
+
+    def __init__(self, path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS_DEFAULT) -> None:
+        path = Path(path)
+        meta_path = path.with_suffix(path.suffix + ".json")
+        try:
+            meta = json.loads(meta_path.read_text())
+            contract = meta["input"]
+            self.per_side, self.blocks = int(contract["regions_per_side"]), int(contract["blocks_per_side"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise WeightsError(f"{meta_path}: not the metadata of an exported q1net program ({error})") from None
+        if meta.get("outputs", {}).get("answer_fields") != list(ANSWER_FIELDS):
+            raise WeightsError(f"{path}: its answer layout is not this q1net's (export it again with this version)")
+        try:
+            self.run = program_runner(path)
+        except Exception as error:  # the runtimes raise their own types for unreadable or foreign files
+            raise WeightsError(f"{path}: cannot load the program ({type(error).__name__}: {error})") from None
+        self.tau, self.method, self.max_pixels = meta.get("tau"), meta.get("method", "hybrid"), max_pixels
+        self.picked = spread_index(self.blocks, self.per_side).numpy()
+
+    def predict(self, image: ImageInput, return_blocks: bool = False, show_table: bool = False) -> Prediction:
+        [found] = self.gather([read_input(image, self.max_pixels)])
+        return self.resolve(
+            found,
+            source=os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else None,
+            return_blocks=return_blocks,
+            show_table=show_table,
+        )
+
+    def gather(self, images: list[Decoded]) -> list[ImageEvidence]:
+        found = []
+        for image in images:
+            check_size(image.pixels)
+            regions, rows, cols = cut_regions(image.pixels, per_side=self.per_side)
+            outputs = self.run(torch.from_numpy(regions), torch.from_numpy(rows), torch.from_numpy(cols))
+            header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
+            found.append(ImageEvidence(None, rows, cols, header, image.codec, image.notes, tuple(torch.as_tensor(o) for o in outputs)))
+        return found
+
+    def resolve(self, found: ImageEvidence, source: str | None = None, return_blocks: bool = False, show_table: bool = False) -> Prediction:
+        return prediction(found.outputs, found, self.picked, source, return_blocks, show_table)

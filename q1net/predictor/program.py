@@ -47,6 +47,8 @@ ANSWER_FIELDS = (
     "confidence",  # median confidence of the voting blocks
     "blocks_used",  # blocks that voted
     "blocks_sampled",  # distinct blocks read (fewer than blocks x blocks on small images)
+    "blocks_informative",  # of those, the ones that are not flat
+    "has_confidence",  # 1: the net has a confidence head (0 for a plain regressor: every informative block votes)
     "fallback",  # 1: no informative block passed tau
     "cnn_quality",  # the CNN's answer
     "lattice_quality",  # the lattice's answer (best IJG table, or the IJG-equivalent of another table)
@@ -219,6 +221,8 @@ def answer_tensors(evidence: Evidence, cnn: Vote, verdict: Verdict, blocks: int)
         "confidence": cnn.confidence,
         "blocks_used": (cnn.kept & evidence.informative).sum(),
         "blocks_sampled": evidence.read_once.sum(),
+        "blocks_informative": evidence.informative.sum(),
+        "has_confidence": torch.tensor(evidence.confidence is not None),
         "fallback": cnn.fallback,
         "cnn_quality": cnn.quality,
         "lattice_quality": fit.quality,
