@@ -10,7 +10,7 @@ ARGS ?=
 
 DATA_ARGS := $(if $(DATA),--data configs/data/folder.yaml --data.train_source.init_args.root=$(DATA) --data.val_source.init_args.root=$(VAL))
 
-.PHONY: help setup train test test-full fuzz bench reproduce gpu-data train-gpu export lint clean
+.PHONY: help setup train test test-full fuzz bench reproduce gpu-data train-gpu card export lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,21 @@ QUALITY_STEP ?= 3
 reproduce: $(STAMP)  ## the paper's Tables 2 and 3: BUDGET=minutes per network, DATA=train VAL=val TEST=test folders
 	@test -n "$(DATA)" -a -n "$(VAL)" -a -n "$(TEST)" || { echo "make reproduce needs DATA=, VAL= and TEST= image folders" >&2; exit 2; }
 	$(BIN)/q1net reproduce --budget $(BUDGET) --train $(DATA) --val $(VAL) --test $(TEST) --quality-step $(QUALITY_STEP) $(ARGS)
+
+CARD_STEP ?= 3
+CARD := $(BIN)/q1net evaluate --quality-step $(CARD_STEP)
+card: $(STAMP)  ## re-measure the model card's honest-answer tables (TEST= photo folder, CARD_STEP= quality step): docs/eval/
+	@test -n "$(TEST)" || { echo "make card needs TEST= (the test photos)" >&2; exit 2; }
+	$(CARD) $(TEST) --out docs/eval/test-aligned
+	$(CARD) $(TEST) --grid-offset random --out docs/eval/test-offgrid
+	$(CARD) $(TEST) --subsampling 4:2:2 --grid-offset random --out docs/eval/test-422
+	$(CARD) $(TEST) --subsampling 4:4:4 --out docs/eval/test-444
+	$(CARD) $(TEST) --grayscale --out docs/eval/test-gray
+	$(CARD) $(TEST) --tables annex_k --subsampling 4:2:2 --out docs/eval/test-annex_k
+	$(CARD) $(TEST) --tables flat --subsampling 4:2:2 --out docs/eval/test-flat
+	$(CARD) $(TEST) --upscale 5 --grid-offset random --quality-step 5 --out docs/eval/test-large
+	$(CARD) --content graphics --count 36 --out docs/eval/graphics
+	$(CARD) $(TEST) --quality-min 50 --quality-max 50 --pairs 10,30,50,70,90 --out docs/eval/test-pairs
 
 GPU_DATA ?= .gpu
 gpu-data: $(STAMP)  ## pack the photos a GPU run takes along (at most 64 MiB travel): DATA= and VAL= folders -> $(GPU_DATA)/

@@ -133,7 +133,9 @@ def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None
             from q1net.tools.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
 
             answer = quality_text(result.quality, result.quality_low, result.quality_high, result.determined)
-            picture = heatmap_image(decoded.pixels, result, f"{Path(path).name}: quality {answer}, decided by the {result.method}")
+            name = Path(path).name.encode("utf-8", "backslashreplace").decode()  # a title font cannot draw undecodable bytes
+            title = f"{name}: quality {answer}, range {result.quality_low}..{result.quality_high}, decided by the {result.method}"
+            picture = heatmap_image(decoded.pixels, result, title)
             write_atomically(heatmap, lambda tmp: picture.save(tmp, format="PNG"))
             row["heatmap"] = str(heatmap)
         return row, None
@@ -212,6 +214,7 @@ def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=positive_int, default=36, help="images of --content (default 36)")
     parser.add_argument("--quality-min", type=int, default=1)
     parser.add_argument("--quality-max", type=int, default=100)
+    parser.add_argument("--quality-step", type=positive_int, default=1, help="qualities min, min+N, ... (default every level)")
     parser.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0")
     parser.add_argument(
         "--grid-offset", choices=("none", "random"), default="none", help="random: crop 1..7 px so the grid is off the origin"
@@ -386,7 +389,19 @@ def load_predictor(args: argparse.Namespace, blocks: int):
 def condition_of(args: argparse.Namespace):
     from q1net.tools.evaluate import Condition
 
-    names = ("quality_min", "quality_max", "subsampling", "grid_offset", "grayscale", "seed", "preset", "recompress", "tables", "upscale")
+    names = (
+        "quality_min",
+        "quality_max",
+        "quality_step",
+        "subsampling",
+        "grid_offset",
+        "grayscale",
+        "seed",
+        "preset",
+        "recompress",
+        "tables",
+        "upscale",
+    )
     return Condition(**{name: getattr(args, name) for name in names})
 
 

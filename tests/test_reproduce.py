@@ -82,6 +82,7 @@ def write_folder(folder, count, seed):
     return folder
 
 
+@pytest.mark.slow  # 90 s: rows trained, evaluated and tabulated end to end (make test-full)
 def test_reproduce_trains_evaluates_and_writes_one_table(tmp_path):
     train, val, test = (write_folder(tmp_path / name, n, seed) for name, n, seed in (("train", 3, 0), ("val", 1, 1), ("test", 1, 2)))
     out = tmp_path / "out"

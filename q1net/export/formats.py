@@ -181,6 +181,16 @@ CUTTING_RULE = (
 )
 
 
+HYBRID_OUTPUTS = (  # shape None: (blocks, blocks)
+    {"name": "answer", "shape": None, "meaning": "answer_fields, in order"},
+    {"name": "block_quality", "shape": None},
+    {"name": "block_confidence", "shape": None},
+    {"name": "block_vote", "shape": None, "meaning": "1 where the block voted"},
+    {"name": "table_steps", "shape": [64], "meaning": "estimated luma steps, natural order"},
+    {"name": "table_known", "shape": [64], "meaning": "1 where the pixels pin the step down"},
+)
+
+
 def hybrid_program(net: Q1Network, tau: float, calibration, blocks: int = 16, backend: Backend | None = None) -> Q1Program:
     """The predictor as one module; for Vulkan with the batch-1 mosaic net in the network slot."""
     network = MosaicNetwork(net, blocks) if backend == "vulkan" else None
@@ -218,16 +228,14 @@ def hybrid_metadata(program: Q1Program, structure: dict | None = None) -> dict:
             "calibration": None if program.calibration.is_identity else program.calibration.as_dict(),
             "outputs": {
                 "tensors": [
-                    {"name": "answer", "shape": [len(ANSWER_FIELDS)]},
-                    {"name": "block_quality", "shape": [blocks, blocks]},
-                    {"name": "block_confidence", "shape": [blocks, blocks]},
-                    {"name": "block_vote", "shape": [blocks, blocks], "meaning": "1 where the block voted"},
-                    {"name": "table_steps", "shape": [64], "meaning": "estimated luma steps, natural order"},
-                    {"name": "table_known", "shape": [64], "meaning": "1 where the pixels pin the step down"},
+                    tensor | {"shape": [len(ANSWER_FIELDS)] if tensor["name"] == "answer" else tensor["shape"] or [blocks, blocks]}
+                    for tensor in HYBRID_OUTPUTS
                 ],
                 "answer_fields": list(ANSWER_FIELDS),
                 "method_codes": {"0": "cnn", "1": "lattice"},
             },
+            "value_range": "uint8 RGB samples 0..255, as decoded, no normalisation",
+            "output_order": [tensor["name"] for tensor in HYBRID_OUTPUTS],
             "postprocess": "none: the answer is complete (header fields, from a JPEG file's own tables, are the host's)",
         }
         | ({"program": structure} if structure else {})
@@ -239,7 +247,7 @@ def export_hybrid_onnx(program: Q1Program, out: str | os.PathLike[str]) -> Path:
     import onnx
 
     out = Path(out)
-    names = [tensor["name"] for tensor in hybrid_metadata(program)["outputs"]["tensors"]]
+    names = [tensor["name"] for tensor in HYBRID_OUTPUTS]
     with torch.no_grad():
         exported = torch.onnx.export(
             program, hybrid_inputs(program), dynamo=True, external_data=False, input_names=["regions", "rows", "cols"], output_names=names

@@ -26,9 +26,12 @@ Tables whose score is within TIE_NATS of the best are `plausible`: the qualities
 pixels cannot tell apart (on a flat-ish image several share every step that has a
 non-zero coefficient); their lowest and highest bound the answer's range.
 
-When mixing IJG steps per frequency fits much better than any one IJG table (`misfit`,
-nats per unit of evidence, over MISFIT_MAX: another encoder's or custom tables), each
-step's maximum-likelihood value over 1..255 answers instead, read as its IJG-equivalent
+When each step's own maximum-likelihood value over 1..255 fits much better than any one IJG
+table (`misfit`, nats per unit of evidence, over MISFIT_MAX: another encoder's or custom
+tables), those steps answer instead. (Mixing IJG steps per frequency is not the comparison:
+a table twice an IJG table's steps sits on that table's lattice, and Annex K scaled by
+another law often is; only the free steps show it.) They are read as their IJG-equivalent
+quality, read as its IJG-equivalent
 quality (q1net.forensics.quant_tables); the range is then every IJG quality that could be
 the whole table's equivalent, whatever the steps the pixels do not pin down turn out to be.
 
@@ -54,7 +57,7 @@ import torch
 from torch import nn
 
 from q1net.forensics.ops import first_true, last_true, log_add_exp, log_sum_exp, take
-from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, equivalent_index, ijg_distances, possible_equivalents
+from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
 # DC: in a flat block all 64 pixels round the same way, so the DC coefficient (8 x the mean) can be
@@ -72,9 +75,14 @@ STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the
 # A lattice confirms a grid phase the detector was unsure of only from this strength: smooth never-coded or resized
 # images can fit the all-ones table of quality 100 by up to ~1.1 (test and val photos), quality 99 already reads 4.
 CONFIRM_STRENGTH = 2.0
-MISFIT_MAX = 8.0  # nats per unit of evidence: IJG-coded images stay below 3 on val, other encoders' tables start near 20
-KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a non-zero level of at least FLAT_AC
+MISFIT_MAX = 5.0  # nats per unit of evidence: IJG-coded val photos (q5..100) reach 3.2, scaled Annex K tables start at 7.3
+KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a clear non-zero level
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
+# A non-zero level is clear from this |coefficient| on (about 8 noise std: noise around a zero level, as 4:2:2 or
+# 4:2:0 colour rounding leaves on luma, reaches 1 often). Clear levels make a step known, and an unknown step is
+# at most its frequency's second-smallest clear |coefficient| plus CEILING_NOISE (one outlier bounds nothing).
+CLEAR_AC = 4.0
+CEILING_NOISE = 2.0
 FINE_STEP = 4  # AC steps below this get the lattice points either side of the nearest too (at 4 they are 6.7 SIGMA away)
 AC_SHIFTS = (-1, 0, 1)  # lattice points around the nearest: the next ones are 1.5 steps of 1 = 5 SIGMA away at least
 DC_SHIFTS = tuple(range(-14, 15))  # 6 SIGMA_DC / step 1 either side: the smallest DC step reaches this far
@@ -274,7 +282,6 @@ class LatticeVerifier(nn.Module):
         screen_pairs = self.pair_log_likelihoods(self.ijg, c_top, scale, p0_top, ac_top, dc_top)
         screen_by_table = screen_pairs[self.ijg.index]  # (100, 64)
         screen = screen_by_table.sum(dim=1)
-        misfit = (screen_by_table.amax(dim=0).sum() - screen.max()) / top_unit
         scored = torch.topk(screen, SCREEN_TABLES).indices
         table = torch.full((len(IJG_QUALITIES),), -math.inf).index_put(
             (scored,), self.table_log_likelihoods(self.tables[scored], c, scale, log_p0, ac, dc)
@@ -283,11 +290,11 @@ class LatticeVerifier(nn.Module):
         unscored_close = (screen >= screen.max() - TIE_NATS) & torch.isinf(table)
         plausible = (table >= take(table, best) - TIE_NATS) | unscored_close
 
-        steps, known, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
+        steps, known, ceiling, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
         estimated_over = (p0_top[:, 0] * dc_top).sum() + (p0_top[:, 1:] * ac_top[:, None]).sum()  # "no lattice" on the same blocks
-        log_steps = torch.log(steps)
-        equivalent = equivalent_index(ijg_distances(log_steps, known))
-        equivalent_set = possible_equivalents(log_steps, known, equivalent)
+        log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
+        equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
+        misfit = (estimated_ll - screen.max()) / top_unit  # the same blocks: free steps against the best IJG table
         ijg = (misfit <= MISFIT_MAX) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
         allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
@@ -335,17 +342,20 @@ class LatticeVerifier(nn.Module):
     def estimate(
         self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        """Per-frequency ML steps over 1..255 (64,), which are known, and the total log-likelihood of that table."""
+        """Per-frequency ML steps over 1..255 (64,), which are known, the most each unknown one can be (inf: no bound),
+        and the total log-likelihood of that table."""
         pair = self.pair_log_likelihoods(self.all_steps, c, scale, log_p0, ac, dc)
         by_step = pair[self.all_steps.index]  # (255, 64)
         best = torch.argmax(by_step, dim=0)
         steps = (best + 1).float()
         levels = torch.round(c / steps[None, :])
         weight = torch.cat([dc[:, None] > 0, (ac[:, None] > 0).expand(-1, 63)], dim=1)
-        clear = (levels != 0) & (c.abs() >= FLAT_AC) & weight  # a level rounding noise (|c| < FLAT_AC) cannot make
+        clear = (levels != 0) & (c.abs() >= CLEAR_AC) & weight  # a level rounding noise cannot make
         known = clear.sum(dim=0) >= KNOWN_MIN_NONZERO
         known = known & torch.cat([steps[:1] >= DC_KNOWN_MIN_STEP, torch.ones(63, dtype=torch.bool)])
-        return steps, known, by_step.amax(dim=0).sum()
+        magnitudes = torch.where(clear, c.abs(), torch.full_like(c, math.inf))
+        second = torch.topk(magnitudes, min(2, len(c)), dim=0, largest=False).values[-1]
+        return steps, known, second + CEILING_NOISE, by_step.amax(dim=0).sum()
 
     def double_scores(
         self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, first: torch.Tensor, second: torch.Tensor

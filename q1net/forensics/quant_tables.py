@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
+from q1net.forensics.ops import take
 
 IJG_LUMA_BASE = np.array(
     [
@@ -84,7 +85,7 @@ def other_encoder_tables(family: str, quality: int) -> tuple[np.ndarray, np.ndar
 IJG_QUALITIES = np.arange(QUALITY_MIN, QUALITY_MAX + 1)
 IJG_LUMA_TABLES = np.stack([ijg_luma_table(int(q)) for q in IJG_QUALITIES])  # (100, 64), row q - 1
 LOG_IJG_TABLES = np.log(IJG_LUMA_TABLES).astype(np.float32)
-COMPLETION_LEVELS = 8  # unknown steps of an estimated table are completed from IJG tables this close (possible_equivalents)
+COMPLETION_LEVELS = 12  # unknown steps of an estimated table are completed from IJG tables this close (possible_equivalents)
 
 
 def ijg_distances(log_steps: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -113,15 +114,19 @@ def ijg_equivalent_quality(table: np.ndarray, known: np.ndarray | None = None) -
     return int(IJG_QUALITIES[int(equivalent_index(distance))])
 
 
-def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, around: torch.Tensor) -> torch.Tensor:
-    """(100,) bool: the IJG qualities that can be the whole table's equivalent, given only its `known` steps (as logs).
+def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IJG-equivalent index of a table of which only the `known` steps (as logs) are pinned down, and the (100,)
+    bool mask of the equivalents the whole table can have.
 
-    The unknown steps are completed in turn with the steps of each IJG table within COMPLETION_LEVELS of
-    quality index `around` (the known steps' equivalent: other encoders' tables follow IJG's shape
-    loosely, not as far as a table many levels away), and every equivalent of such a completed table is possible.
+    The unknown steps are completed with the steps of an IJG table, but never above `log_ceiling` (the most each can
+    be, from the non-zero coefficients seen at its frequency: other encoders' tables are often finer than IJG's at
+    high frequencies). The estimate completes them from the table of the known steps' own equivalent; the mask
+    completes them in turn from each IJG table within COMPLETION_LEVELS of it (other encoders' tables follow IJG's
+    shape loosely, not as far as a table many levels away), and every equivalent of such a table is possible.
     """
     tables = torch.from_numpy(LOG_IJG_TABLES).to(log_steps.dtype)  # (100, 64)
-    completed = torch.where(known[None, :], log_steps[None, :], tables)  # (completion, 64)
+    around = equivalent_index(ijg_distances(log_steps, known))
+    completed = torch.where(known[None, :], log_steps[None, :], torch.minimum(tables, log_ceiling[None, :]))  # (completion, 64)
     nearest = equivalent_index(((tables[None, :, :] - completed[:, None, :]) ** 2).mean(dim=-1))  # (completion,)
     near = (torch.arange(len(tables)) - around).abs() <= COMPLETION_LEVELS
-    return torch.zeros(len(tables), dtype=torch.bool).index_put((nearest,), near)
+    return take(nearest, around), torch.zeros(len(tables), dtype=torch.bool).index_put((nearest,), near)

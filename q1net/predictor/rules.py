@@ -13,7 +13,8 @@ the kept qualities. Here, as well:
 "hybrid" method:
 - a strong lattice answers, choosing among its plausible qualities the one nearest the
   CNN's, and its plausible set is the range; another encoder's table answers with its
-  IJG-equivalent quality;
+  IJG-equivalent quality, and its range also reaches the CNN's answer (the steps the pixels
+  leave unknown make the equivalent uncertain: finer high frequencies than IJG's read low);
 - recompression needs positive evidence of two codings (issue #13): the lattice's double
   model (coefficients on the second table's lattice only where the first one's levels land)
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
@@ -177,9 +178,13 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
         cnn.high,
     )
     by_lattice = strong & ~recompressed
+    # another encoder's table: its unknown steps leave its IJG-equivalent uncertain, and the CNN's reading is evidence too
+    widen = by_lattice & ~fit.ijg & cnn_voice
+    lattice_low = torch.where(widen, torch.minimum(fit.quality_low, torch.floor(cnn.quality)), fit.quality_low)
+    lattice_high = torch.where(widen, torch.maximum(fit.quality_high, torch.ceil(cnn.quality)), fit.quality_high)
     quality = torch.where(recompressed, first_quality, torch.where(by_lattice, lattice_quality, cnn.quality))
-    low = torch.where(recompressed, first_low, torch.where(by_lattice, fit.quality_low, cnn.low))
-    high = torch.where(recompressed, first_high, torch.where(by_lattice, fit.quality_high, cnn.high))
+    low = torch.where(recompressed, first_low, torch.where(by_lattice, lattice_low, cnn.low))
+    high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
     determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~strong & cnn_determined)
     method_code = torch.where(decided_by_lattice, torch.tensor(METHOD_CODES["lattice"]), torch.tensor(METHOD_CODES["cnn"]))
