@@ -57,7 +57,10 @@ card: $(STAMP)  ## re-measure the model card's honest-answer tables (TEST= photo
 	$(CARD) $(TEST) --grayscale --out docs/eval/test-gray
 	$(CARD) $(TEST) --tables annex_k --subsampling 4:2:2 --out docs/eval/test-annex_k
 	$(CARD) $(TEST) --tables flat --subsampling 4:2:2 --out docs/eval/test-flat
-	$(CARD) $(TEST) --upscale 5 --grid-offset random --quality-step 5 --out docs/eval/test-large
+	$(CARD) $(TEST) --upscale 5 --grid-offset random --quality-max 10 --quality-step 1 --out docs/eval/test-large-low
+	$(CARD) $(TEST) --upscale 5 --grid-offset random --quality-step 9 --out docs/eval/test-large
+	$(CARD) $(TEST) --preset web_high --out docs/eval/test-web_high
+	$(CARD) $(TEST) --recompress 90 --out docs/eval/test-recompress90
 	$(CARD) --content graphics --count 36 --out docs/eval/graphics
 	$(CARD) $(TEST) --quality-min 50 --quality-max 50 --pairs 10,30,50,70,90 --out docs/eval/test-pairs
 

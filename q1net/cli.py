@@ -416,7 +416,7 @@ def source_of(args: argparse.Namespace):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from q1net.predictor.weights import WeightsError
-    from q1net.tools.evaluate import pair_table, score_source, summarise_methods
+    from q1net.tools.evaluate import by_kind, pair_table, score_source, summarise_methods
     from q1net.tools.plots import confusion_image, confusion_matrix, error_by_quality_image
 
     try:
@@ -435,6 +435,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         fail(str(error))
         return EXIT_USAGE
     report = {"root": args.root or args.content, "condition": vars(condition), "checkpoint": args.checkpoint or "shipped", "results": rows}
+    if args.content:
+        report["by_kind"] = by_kind(scores, answers, type(source).kind_of_name)
     if args.pairs:
         report["pairs"] = pair_table(load_predictor(args, args.blocks[0]), source, tuple(args.pairs), condition, sys.stderr.isatty())
     pictures = {}
@@ -442,7 +444,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         true = np.array(scores.true)
         per_quality = rows[0]["per_quality_mae"]
         pictures = {
-            "confusion.png": confusion_image(confusion_matrix(true, answers.quality), f"{Path(args.root).name}: {len(true)} images"),
+            "confusion.png": confusion_image(confusion_matrix(true, answers.quality), f"{Path(args.root).name if args.root else args.content}: {len(true)} images"),
             "per_quality.png": error_by_quality_image(np.array(list(per_quality)), np.array(list(per_quality.values()))),
         }
     if args.out:
@@ -467,6 +469,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     f"{figures['coverage']:>7.1%} {figures['median_width']:>5.1f} {figures['determined_fraction']:>7.1%} "
                     f"{figures['flagged_fraction']:>7.1%} {1000 * row['seconds_per_image']:>7.1f}"
                 )
+        for kind, figures in report.get("by_kind", {}).items():
+            close = "n/a" if figures["within_2_up_to_95"] is None else f"{figures['within_2_up_to_95']:.1%}"
+            print(
+                f"{kind:>12}: within 2 (q <= 95) {close}, covered {figures['coverage']:.1%}, width {figures['median_width']:.0f}, "
+                f"determined {figures['determined_fraction']:.1%}, flagged {figures['flagged_fraction']:.1%}"
+            )
     return EXIT_OK
 
 

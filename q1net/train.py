@@ -19,11 +19,11 @@ def train(argv: list[str]) -> int:
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help", "--print_config"):
         argv = ["fit", *argv]
     mode = choose_wandb_mode()
+    sys.argv = [sys.argv[0], *argv]  # LightningCLI reads the command line; given both it warns on every run
     cli = LightningCLI(
         LightningModule,
         PatchDataModule,
         subclass_mode_model=True,
-        args=argv,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -100,3 +100,21 @@ def test_every_output_format_carries_the_range(predictor, photo):
     result = predictor.predict(np.asarray(Image.open(io.BytesIO(jpeg_encode(photo, 62)))))
     row = result.as_dict()
     assert row["quality_low"] <= 62 <= row["quality_high"] and row["determined"] is True and row["quality"] == 62
+
+
+def test_evaluate_hard_cases_reports_each_kind(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "q1net.cli", "evaluate", "--content", "graphics", "--count", "6", "--quality-min", "40"]
+    command += ["--quality-max", "90", "--quality-step", "50", "--out", str(tmp_path / "eval")]
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(root)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert set(report["by_kind"]) == set(GraphicsSource.KINDS) and report["results"][0]["images"] == 12
+    assert all(kind["flagged_fraction"] == 0.0 for kind in report["by_kind"].values())
+    assert "text: within 2 (q <= 95)" in result.stdout and (tmp_path / "eval" / "confusion.png").exists()

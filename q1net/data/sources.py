@@ -214,6 +214,11 @@ class GraphicsSource(ImageSource):
     def name(self, index: int) -> str:
         return f"{self.kind(index)}_{self.seed}_{index:03d}"
 
+    @staticmethod
+    def kind_of_name(name: str) -> str:
+        """The kind of an image from its `name`."""
+        return name.rsplit("_", 2)[0]
+
     def load(self, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, index])
         return getattr(self, f"_{self.kind(index)}")(rng, self.size)

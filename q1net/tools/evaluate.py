@@ -254,6 +254,30 @@ def summarise(true: np.ndarray, answers: Answers) -> dict[str, object]:
     }
 
 
+CLOSE_LEVELS = 2  # "read right" for the hard-cases condition: within this many levels ...
+CLOSE_UP_TO = 95  # ... at qualities up to this (above it text and line art can stay undetermined)
+
+
+def by_kind(scores: BlockScores, answers: Answers, kind_of) -> dict[str, dict[str, float]]:
+    """The ranges' honesty and the share read within CLOSE_LEVELS (qualities up to CLOSE_UP_TO) per kind of image;
+    `kind_of` maps an image name to its kind (GraphicsSource.kind_of_name)."""
+    true, kinds = np.array(scores.true, float), np.array([kind_of(name) for name in scores.names])
+    table = {}
+    for kind in dict.fromkeys(kinds):
+        mine = kinds == kind
+        close = mine & (true <= CLOSE_UP_TO)
+        inside = (answers.low <= true) & (true <= answers.high)
+        table[str(kind)] = {
+            "images": int(mine.sum()),
+            "within_2_up_to_95": float((np.abs(answers.quality - true) <= CLOSE_LEVELS)[close].mean()) if close.any() else None,
+            "coverage": float(inside[mine].mean()),
+            "median_width": float(np.median((answers.high - answers.low)[mine])),
+            "determined_fraction": float(answers.determined[mine].mean()),
+            "flagged_fraction": float(answers.recompressed[mine].mean()),
+        }
+    return table
+
+
 def tune_tau(scores: BlockScores, grid: tuple[float, ...] = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
     """The tau of `grid` with the lowest CNN-only MAE on `scores` (the paper's grid search), and the whole sweep."""
     sweep = []
