@@ -349,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default="runs/study", help="the runs' folders (default runs/study)")
     study.add_argument("--report", default="docs/training", help="curves.png, results.md and results.json go here")
     study.add_argument("--report-only", action="store_true", help="train nothing; plot the runs that have logs")
+    study.add_argument(
+        "--confidence",
+        default=None,
+        metavar="PHOTOS",
+        help="also the confidence distributions of solid, gradient and textured patches (textured: from these photos) "
+        "for the shipped weights and each finished run",
+    )
 
     pack = commands.add_parser("pack", help="turn a training checkpoint into a safetensors weights file with tau and recipe")
     pack.add_argument("checkpoint", help="a training .ckpt, or a .safetensors to ship again with a new tau or calibration")
@@ -441,10 +448,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report["pairs"] = pair_table(load_predictor(args, args.blocks[0]), source, tuple(args.pairs), condition, sys.stderr.isatty())
     pictures = {}
     if len(rows) == 1:
-        true = np.array(scores.true)
+        true, title = np.array(scores.true), Path(args.root).name if args.root else args.content
         per_quality = rows[0]["per_quality_mae"]
         pictures = {
-            "confusion.png": confusion_image(confusion_matrix(true, answers.quality), f"{Path(args.root).name if args.root else args.content}: {len(true)} images"),
+            "confusion.png": confusion_image(confusion_matrix(true, answers.quality), f"{title}: {len(true)} images"),
             "per_quality.png": error_by_quality_image(np.array(list(per_quality)), np.array(list(per_quality.values()))),
         }
     if args.out:
@@ -617,6 +624,16 @@ def run_study(args: argparse.Namespace) -> int:
     print(
         (Path(args.report) / "results.md").read_text() if report(setup, Path(args.report))["runs"] else "no study run has logs yet", end=""
     )
+    if args.confidence:
+        from q1net.data.sources import FolderSource
+        from q1net.predictor.weights import pretrained_path
+        from q1net.tools.confidence import distributions
+
+        finished = {name: setup.out / "runs" / name / "final.ckpt" for name in names}
+        weights = {"shipped": str(pretrained_path())} | {name: str(path) for name, path in finished.items() if path.exists()}
+        for name, row in distributions(weights, FolderSource(args.confidence), Path(args.report)).items():
+            shares = ", ".join(f"{key.removesuffix('_above_tau')} {value:.1%}" for key, value in row.items() if key.endswith("_above_tau"))
+            print(f"{name}: above tau {row['tau']:g}: {shares}")
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import yaml
 
 from q1net.tools.study import Setup, merged, read_metrics, report, run_config, run_study
@@ -59,3 +60,17 @@ def test_candidates_train_alike_and_report(tmp_path):
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "report" / "results.json").read_text()) == result
     assert "| onecycle | 64 |" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_confidence_distributions_measure_each_kind(tmp_path):
+    from q1net.data.sources import SyntheticSource
+    from q1net.predictor.weights import pretrained_path
+    from q1net.tools.confidence import KINDS, distributions, patches_of
+
+    photos = SyntheticSource(count=2, size=96, seed=5)
+    patches, truth = patches_of("gradient", photos, np.array([10, 90]), per_quality=3)
+    assert patches.shape == (6, 3, 16, 16) and list(truth) == [10, 10, 10, 90, 90, 90]
+    table = distributions({"shipped": str(pretrained_path())}, photos, tmp_path, qualities=2, per_quality=4)
+    row = table["shipped"]
+    assert row["tau"] == 93.5 and all(0.0 <= row[f"{kind}_above_tau"] <= 1.0 for kind in KINDS)
+    assert (tmp_path / "confidence.png").stat().st_size > 0 and "shipped" in (tmp_path / "confidence.json").read_text()
