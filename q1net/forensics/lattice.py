@@ -227,8 +227,15 @@ class LatticeVerifier(nn.Module):
 
     @staticmethod
     def weights(c: torch.Tensor, usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) AC weights (usable and not flat) and DC weights (usable, one over the count of usable blocks with the same DC)."""
-        ac = (usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)).float()
+        """(N,) AC weights (usable and not flat, one over the count of usable blocks with the same AC coefficients) and DC
+        weights (usable, one over the count of usable blocks with the same DC).
+
+        Repeated blocks are one observation: the edge of a drawn rectangle repeats the same coefficients block after
+        block, and any step that divides them would fit them all.
+        """
+        textured = usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)
+        same_ac = ((c[:, None, 1:] - c[None, :, 1:]).abs().amax(dim=2) < DC_SAME).float() * textured.float()[None, :]  # (N, N)
+        ac = textured.float() / same_ac.sum(dim=1).clamp(min=1.0)
         same = ((c[:, :1] - c[:, 0][None, :]).abs() < DC_SAME).float() * usable.float()[None, :]  # (N, N)
         dc = usable.float() / same.sum(dim=1).clamp(min=1.0)
         return ac, dc

@@ -20,7 +20,8 @@ the kept qualities. Here, as well:
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
   sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's. Then the
   first, lower quality answers;
-- a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found.
+- a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
+  and without a found grid the range is the whole scale (the blocks were read on a guess).
 An answer is `determined` when it rests on usable evidence and its range spans at most
 DETERMINED_WIDTH levels. The median and percentiles come from `topk` over the whole vector,
 which sorts it; nothing here needs sort, median or a data-dependent shape.
@@ -39,7 +40,8 @@ from q1net.forensics.ops import first_true, last_true, take
 FLAT_RANGE = 3.0  # a patch whose channels each span at most this many levels is flat: it never votes
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share of the informative blocks
 RANGE_PERCENTILES = (0.1, 0.9)  # a CNN answer's range: these percentiles of the voting blocks' qualities
-MIN_SUPPORT = 0.1  # share of the sampled blocks voting from which the CNN may speak for a recompression
+MIN_SUPPORT = 0.4  # share of the sampled blocks voting from which the CNN may speak for a recompression (val: double-coded
+# photos vote with 0.53 and more; a screenshot the network misreads, 0.22)
 AGREE_LEVELS = 12.0  # the CNN's whole range this far under the lattice's: an earlier, lower coding (CNN max test error ~9)
 DOUBLE_GAIN_MIN = 0.5  # nats per unit of evidence the double lattice must gain to show two codings
 DETERMINED_WIDTH = 10.0  # widest range (levels) of a determined answer
@@ -187,5 +189,8 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
     determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~strong & cnn_determined)
+    # no grid found: blocks read on an assumed grid say nothing about the range; any quality is possible
+    low = torch.where(grid_found, low, torch.full_like(low, QUALITY_MIN))
+    high = torch.where(grid_found, high, torch.full_like(high, QUALITY_MAX))
     method_code = torch.where(decided_by_lattice, torch.tensor(METHOD_CODES["lattice"]), torch.tensor(METHOD_CODES["cnn"]))
     return Verdict(quality, low, high, method_code, recompressed, determined)
