@@ -17,7 +17,10 @@ def test_tau_is_strict_and_the_answer_is_the_median_of_the_kept():
     result = vote(quality, confidence, ALL, tau=96.0)
     assert int(result.kept.sum()) == 3 and not result.fallback  # 96.0 itself is not above tau
     assert float(result.quality) == 30.0 and result.kept.tolist() == [False, True, True, True, False]
-    assert (float(result.low), float(result.high)) == (22.0, 38.0)  # 10th and 90th percentiles, rounded outward
+    # the 10th and 90th percentiles (22..38) span more than 10 levels: undetermined, so every voter's quality
+    assert (float(result.low), float(result.high)) == (20.0, 40.0)
+    narrow = vote(torch.tensor([50.0, 52.0, 53.0, 54.0, 56.0, 90.0]), None, torch.tensor([True] * 5 + [False]), tau=96.0)
+    assert (float(narrow.low), float(narrow.high)) == (50.0, 56.0)  # 10th and 90th percentiles (50.8, 55.2), rounded outward
     assert float(result.confidence) == 98.0 and float(result.support) == pytest.approx(0.6)
 
 

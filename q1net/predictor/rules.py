@@ -8,7 +8,8 @@ the kept qualities. Here, as well:
 - when no block passes tau the published code answers 100. That hides the failure and is
   wrong for most such images, so the answer is instead the median quality of the most
   confident quarter of the informative blocks, with `fallback` set;
-- the range of a CNN answer is the 10th to 90th percentile of the voting blocks' qualities.
+- the range of a CNN answer is the 10th to 90th percentile of the voting blocks' qualities;
+  when that spans more than DETERMINED_WIDTH (undetermined anyway), every voter's quality.
 `combine` then weighs the CNN against the DCT lattice (q1net.forensics.lattice), the
 "hybrid" method:
 - a strong lattice answers, choosing among its plausible qualities the one nearest the
@@ -50,8 +51,8 @@ METHOD_CODES = {"cnn": 0.0, "lattice": 1.0}
 
 class Vote(NamedTuple):
     quality: torch.Tensor  # median quality of the voting blocks
-    low: torch.Tensor  # range: RANGE_PERCENTILES of the voting blocks' qualities
-    high: torch.Tensor
+    low: torch.Tensor  # range: RANGE_PERCENTILES of the voting blocks' qualities, or when that is wider than
+    high: torch.Tensor  # DETERMINED_WIDTH (an undetermined answer) the lowest and highest of them
     confidence: torch.Tensor  # median confidence of the voting blocks (0 for a plain regressor)
     kept: torch.Tensor  # (N,) bool: the blocks that voted
     informative: torch.Tensor  # (N,) bool: the blocks that could vote (sampled once, not flat)
@@ -114,10 +115,14 @@ def vote(
     denominator = count if sampled is None else sampled
     support = torch.where(fallback, quality.new_zeros(()), used.float() / denominator.float().clamp(min=1.0))
     whole_scale = (torch.full_like(support, QUALITY_MIN), torch.full_like(support, QUALITY_MAX))  # nothing to read: any quality
+    low, high = (on_scale(quantile(ordered, used, fraction)) for fraction in RANGE_PERCENTILES)
+    wide = high - low > DETERMINED_WIDTH  # undetermined anyway: the range is every voter's quality, the honest span
+    low = torch.where(wide, on_scale(quantile(ordered, used, 0.0)), low)
+    high = torch.where(wide, on_scale(quantile(ordered, used, 1.0)), high)
     return Vote(
         quality=on_scale(quantile(ordered, used, 0.5)),
-        low=torch.where(nothing, whole_scale[0], on_scale(torch.floor(quantile(ordered, used, RANGE_PERCENTILES[0])))),
-        high=torch.where(nothing, whole_scale[1], on_scale(torch.ceil(quantile(ordered, used, RANGE_PERCENTILES[1])))),
+        low=torch.where(nothing, whole_scale[0], torch.floor(low)),
+        high=torch.where(nothing, whole_scale[1], torch.ceil(high)),
         confidence=quantile(confidences, used, 0.5),
         kept=kept,
         informative=informative & ~nothing,

@@ -259,9 +259,11 @@ CLOSE_UP_TO = 95  # ... at qualities up to this (above it text and line art can 
 
 
 def by_kind(scores: BlockScores, answers: Answers, kind_of) -> dict[str, dict[str, float]]:
-    """The ranges' honesty and the share read within CLOSE_LEVELS (qualities up to CLOSE_UP_TO) per kind of image;
+    """The ranges' honesty and the share read within CLOSE_LEVELS (qualities up to CLOSE_UP_TO, and of the answers called
+    determined) per kind of image;
     `kind_of` maps an image name to its kind (GraphicsSource.kind_of_name)."""
     true, kinds = np.array(scores.true, float), np.array([kind_of(name) for name in scores.names])
+    close_all = np.abs(answers.quality - true) <= CLOSE_LEVELS
     table = {}
     for kind in dict.fromkeys(kinds):
         mine = kinds == kind
@@ -269,10 +271,11 @@ def by_kind(scores: BlockScores, answers: Answers, kind_of) -> dict[str, dict[st
         inside = (answers.low <= true) & (true <= answers.high)
         table[str(kind)] = {
             "images": int(mine.sum()),
-            "within_2_up_to_95": float((np.abs(answers.quality - true) <= CLOSE_LEVELS)[close].mean()) if close.any() else None,
+            "within_2_up_to_95": float(close_all[close].mean()) if close.any() else None,
             "coverage": float(inside[mine].mean()),
             "median_width": float(np.median((answers.high - answers.low)[mine])),
             "determined_fraction": float(answers.determined[mine].mean()),
+            "determined_within_2": float(close_all[mine & answers.determined].mean()) if (mine & answers.determined).any() else None,
             "flagged_fraction": float(answers.recompressed[mine].mean()),
         }
     return table
