@@ -250,6 +250,7 @@ def summarise(true: np.ndarray, answers: Answers) -> dict[str, object]:
         "determined_fraction": float(np.mean(answers.determined)),
         "flagged_fraction": float(np.mean(answers.recompressed)),
         "determined_mae": float(np.abs(error[answers.determined]).mean()) if answers.determined.any() else None,
+        "determined_max_abs_error": float(np.abs(error[answers.determined]).max()) if answers.determined.any() else None,
         "per_quality_mae": {int(q): float(np.abs(error[true == q]).mean()) for q in levels},
     }
 
