@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lightning import LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -19,11 +20,13 @@ def train(argv: list[str]) -> int:
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help", "--print_config"):
         argv = ["fit", *argv]
     mode = choose_wandb_mode()
-    sys.argv = [sys.argv[0], *argv]  # LightningCLI reads the command line; given both it warns on every run
+    # `args` is the command line minus `q1net train`; sys.argv stays whole, for DDP's launcher re-runs it on each rank
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     cli = LightningCLI(
         LightningModule,
         PatchDataModule,
         subclass_mode_model=True,
+        args=argv,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

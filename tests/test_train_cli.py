@@ -101,7 +101,6 @@ def printed_config(args: list[str], cwd, monkeypatch) -> str:
     from q1net.train import train
 
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["q1net", "train"])  # train() sets the command line LightningCLI reads: restored after
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
         train(args)
