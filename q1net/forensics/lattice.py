@@ -31,9 +31,9 @@ table (`misfit`, nats per unit of evidence, over MISFIT_MAX: another encoder's o
 tables), those steps answer instead. (Mixing IJG steps per frequency is not the comparison:
 a table twice an IJG table's steps sits on that table's lattice, and Annex K scaled by
 another law often is; only the free steps show it.) They are read as their IJG-equivalent
-quality, read as its IJG-equivalent
 quality (q1net.forensics.quant_tables); the range is then every IJG quality that could be
-the whole table's equivalent, whatever the steps the pixels do not pin down turn out to be.
+the whole table's equivalent, whatever the steps the pixels do not pin down turn out to be
+(each at most the smallest clear coefficient seen at its frequency).
 
 Double coding (q1 then q2 > q1 on the same grid) leaves coefficients on q2's lattice but
 only at the points s2 * round(s1 j / s2) that q1's levels reach: `double_gain` is how much
