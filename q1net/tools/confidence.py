@@ -16,7 +16,7 @@ import torch
 
 from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, jpeg_roundtrip
-from q1net.data.patches import smooth_image
+from q1net.data.patches import LUMA_WEIGHTS, smooth_image
 from q1net.data.sources import ImageSource
 from q1net.predictor.inference import Predictor
 
@@ -38,9 +38,9 @@ def patches_of(kind: str, photos: ImageSource, qualities: np.ndarray, per_qualit
                 cols = np.arange(start, decoded.shape[1] - g.patch, g.block)
                 grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
                 candidates = [decoded[r : r + g.patch, c : c + g.patch] for r, c in grid[rng.permutation(len(grid))[: 8 * per_quality]]]
-                textured = [p for p in candidates if (p.astype(float) @ [0.299, 0.587, 0.114]).std() >= TEXTURED_STD]
-                patches += textured[: max(1, per_quality // len(photos))]
-                truth += [quality] * len(textured[: max(1, per_quality // len(photos))])
+                textured = [p for p in candidates if (p @ LUMA_WEIGHTS).std() >= TEXTURED_STD][: max(1, per_quality // len(photos))]
+                patches += textured
+                truth += [quality] * len(textured)
         else:
             for _ in range(per_quality):
                 decoded = jpeg_roundtrip(smooth_image(rng, CROP, solid=kind == "solid"), int(quality))
@@ -70,7 +70,7 @@ def distributions(weights: dict[str, str], photos: ImageSource, out: Path, quali
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
     for axis in axes.flat[len(weights) :]:
         axis.set_visible(False)
-    table = {}
+    table, bins = {}, np.linspace(0, 100, 51)
     for axis, (name, path) in zip(axes.flat, weights.items(), strict=False):  # spare axes are hidden
         predictor = Predictor.from_checkpoint(path, method="cnn")
         scores = {kind: confidences(predictor, patches) for kind, patches in samples.items()}
@@ -79,7 +79,6 @@ def distributions(weights: dict[str, str], photos: ImageSource, out: Path, quali
             | {f"{kind}_above_tau": float((score > predictor.tau).mean()) for kind, score in scores.items()}
             | {f"{kind}_median": float(np.median(score)) for kind, score in scores.items()}
         )
-        bins = np.linspace(0, 100, 51)
         for kind, score in scores.items():
             axis.hist(score, bins=bins, alpha=0.55, label=f"{kind} ({len(score)})")
         axis.axvline(predictor.tau, color="black", lw=1, ls="--", label=f"tau {predictor.tau:g}")

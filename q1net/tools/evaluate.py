@@ -265,11 +265,11 @@ def by_kind(scores: BlockScores, answers: Answers, kind_of) -> dict[str, dict[st
     `kind_of` maps an image name to its kind (GraphicsSource.kind_of_name)."""
     true, kinds = np.array(scores.true, float), np.array([kind_of(name) for name in scores.names])
     close_all = np.abs(answers.quality - true) <= CLOSE_LEVELS
+    inside = (answers.low <= true) & (true <= answers.high)
     table = {}
     for kind in dict.fromkeys(kinds):
         mine = kinds == kind
         close = mine & (true <= CLOSE_UP_TO)
-        inside = (answers.low <= true) & (true <= answers.high)
         table[str(kind)] = {
             "images": int(mine.sum()),
             "within_2_up_to_95": float(close_all[close].mean()) if close.any() else None,
