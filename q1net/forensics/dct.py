@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from q1net.data.geometry import GEOMETRY
 from q1net.data.patches import LUMA_WEIGHTS
@@ -40,10 +39,3 @@ def luma(pixels: torch.Tensor) -> torch.Tensor:
     """
     weights = torch.from_numpy(LUMA_WEIGHTS).to(pixels.device)
     return (pixels.float() * weights[None, :, None, None]).sum(dim=1, keepdim=True) - LEVEL_SHIFT
-
-
-def clipped_blocks(pixels: torch.Tensor) -> torch.Tensor:
-    """(R, 8, 8) bool: the block at each phase (dy, dx) of every region holds a sample at 0 or 255 (it left the lattice)."""
-    window = pixels[:, :, : 2 * BLOCK - 1, : 2 * BLOCK - 1].float()
-    extreme = ((window <= 0) | (window >= PIXEL_MAX)).float().amax(dim=1, keepdim=True)  # (R, 1, 15, 15), any channel
-    return F.max_pool2d(extreme, BLOCK, stride=1)[:, 0] > 0

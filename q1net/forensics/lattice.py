@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from q1net.forensics.clipping import Declipper
 from q1net.forensics.ops import first_true, last_true, log_add_exp, log_sum_exp, take
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
 
@@ -90,6 +91,8 @@ DOUBLE_LEVELS = (-1, 0, 1)  # first-coding levels around c / s1 tried by the dou
 DETAIL_BLOCKS = 64  # the most textured blocks: the screen of the tables and the per-step estimate
 DOUBLE_BLOCKS = 32  # the most textured of those: the double model (a detection and the first coding's quality)
 SCREEN_TABLES = 12  # tables scored on every block after the screen
+DECLIP_BLOCKS = 32  # the most textured clipped blocks, read back to each table's lattice (q1net.forensics.clipping)
+DECLIP_MIN_SEEN = 0.25  # share of a clipped block's samples that must be seen unclipped for it to count
 LOG_EPS, LOG_KEEP = math.log(OUTLIER_SHARE), math.log(1 - OUTLIER_SHARE)
 
 
@@ -129,7 +132,7 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     z_plus = (sigma**2 / scale + c) / (sigma * math.sqrt(2))
     log_p0 = gauss_log + log_add_exp(log_term(z_minus), log_term(z_plus)) - torch.log(4 * scale)
     dc = torch.zeros_like(log_p0)
-    dc[:, 0] = 1.0
+    dc[..., 0] = 1.0
     return torch.where(dc > 0, torch.full_like(log_p0, -math.log(DC_RANGE)), log_p0)
 
 
@@ -216,34 +219,52 @@ class LatticeFit(NamedTuple):
         return self.found & (self.strength >= CONFIRM_STRENGTH)
 
 
+def textured(c: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: usable blocks with an AC coefficient of FLAT_AC or more."""
+    return usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)
+
+
+def once_per_repeat(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) weights of (N, K) `values`: 1 / the number of masked rows within DC_SAME of each masked row, 0 off the mask."""
+    same = ((values[:, None] - values[None]).abs().amax(dim=2) < DC_SAME).float() * mask.float()[None, :]  # (N, N)
+    return mask.float() / same.sum(dim=1).clamp(min=1.0)
+
+
+class Clipped(NamedTuple):
+    """The lattice's blocks as `q1net.forensics.clipping.clipped_samples` reads them, and which clipped ones may be read."""
+
+    seen: torch.Tensor  # (N, 8, 8) level-shifted luma
+    high: torch.Tensor  # (N, 8, 8) bool: a channel at 255
+    low: torch.Tensor  # (N, 8, 8) bool: a channel at 0
+    usable: torch.Tensor  # (N,) bool: clipped and read once
+
+
 class LatticeVerifier(nn.Module):
-    """(N, 64) on-grid luma DCT coefficients and an (N,) usable mask (unclipped blocks) -> LatticeFit."""
+    """(N, 64) on-grid luma DCT coefficients, an (N,) usable mask (unclipped blocks read once) and the same blocks'
+    samples (`Clipped`) -> LatticeFit."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.declip = Declipper()
         self.ijg = make_pairs(IJG_LUMA_TABLES)
         self.all_steps = make_pairs(np.broadcast_to(np.arange(1, STEP_MAX + 1)[:, None], (STEP_MAX, 64)))
         self.register_buffer("tables", torch.from_numpy(IJG_LUMA_TABLES.astype(np.float32)), persistent=False)
 
     @staticmethod
     def weights(c: torch.Tensor, usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) AC weights (usable and not flat, one over the count of usable blocks with the same AC coefficients) and DC
+        """(N,) AC weights (usable and not flat, one over the count of such blocks with the same AC coefficients) and DC
         weights (usable, one over the count of usable blocks with the same DC).
 
         Repeated blocks are one observation: the edge of a drawn rectangle repeats the same coefficients block after
         block, and any step that divides them would fit them all.
         """
-        textured = usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)
-        same_ac = ((c[:, None, 1:] - c[None, :, 1:]).abs().amax(dim=2) < DC_SAME).float() * textured.float()[None, :]  # (N, N)
-        ac = textured.float() / same_ac.sum(dim=1).clamp(min=1.0)
-        same = ((c[:, :1] - c[:, 0][None, :]).abs() < DC_SAME).float() * usable.float()[None, :]  # (N, N)
-        dc = usable.float() / same.sum(dim=1).clamp(min=1.0)
-        return ac, dc
+        return once_per_repeat(c[:, 1:], textured(c, usable)), once_per_repeat(c[:, :1], usable)
 
     @staticmethod
     def scales(c: torch.Tensor, ac: torch.Tensor) -> torch.Tensor:
-        """(64,) Laplacian scale per frequency, with the rounding noise taken out: E c^2 = 2 b^2 + sigma^2."""
-        second = (c**2 * ac[:, None]).sum(dim=0) / ac.sum().clamp(min=1.0)
+        """(..., 64) Laplacian scale per frequency of (..., N, 64) coefficients, with the rounding noise taken out:
+        E c^2 = 2 b^2 + sigma^2."""
+        second = (c**2 * ac[:, None]).sum(dim=-2) / ac.sum().clamp(min=1.0)
         return torch.sqrt(torch.clamp(second - SIGMA**2, min=0.0) / 2).clamp(min=SCALE_FLOOR)
 
     def pair_log_likelihoods(
@@ -271,37 +292,44 @@ class LatticeVerifier(nn.Module):
         dc_ll = log_add_exp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
         return (ac_ll.sum(dim=2) * ac[:, None]).sum(dim=0) + (dc_ll * dc[:, None]).sum(dim=0)
 
-    def forward(self, c: torch.Tensor, usable: torch.Tensor) -> LatticeFit:
+    def forward(self, c: torch.Tensor, usable: torch.Tensor, clipped: Clipped) -> LatticeFit:
         c = c.float()
         ac, dc = self.weights(c, usable)
-        evidence = torch.maximum(ac, dc).sum()  # a textured block counts once; flat ones by their share of a DC value
         scale = self.scales(c, ac)
         log_p0 = log_no_lattice(c, scale)
-        no_lattice = (log_p0[:, 0] * dc).sum() + (log_p0[:, 1:] * ac[:, None]).sum()
+        top = torch.topk(c[:, 1:].abs().sum(dim=1) * ac + dc * 1e-3, min(DETAIL_BLOCKS, len(c))).indices
+        c_top, p0_top, ac_top, dc_top = c[top], log_p0[top], ac[top], dc[top]
+        steps, known, ceiling, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
+
+        # Clipped blocks, read back to the lattice of each IJG table and of the per-frequency estimate (the last row)
+        declipped_all, declipped_evidence = self.declipped_log_ratios(c, clipped, torch.cat([self.tables, steps[None]]))
+        declipped, declipped_estimate = declipped_all[:-1], declipped_all[-1]
+        # a textured block counts once; flat ones by their share of a DC value; clipped ones as read by the declipper
+        evidence = torch.maximum(ac, dc).sum() + declipped_evidence
+        # "no lattice" on the clipped blocks is the all-ones table of quality 100 (the last): it absorbs any block
+        no_lattice = (log_p0[:, 0] * dc).sum() + (log_p0[:, 1:] * ac[:, None]).sum() + declipped[-1]
         per_unit = evidence.clamp(min=1.0)
 
         # Screening: every table on the most textured blocks (they hold the non-zero levels that tell tables apart),
         # then the SCREEN_TABLES best of them on every block. A table outside those that ties with the screen's best
         # counts as plausible: the range stays honest when more tables tie than were scored in full.
-        top = torch.topk(c[:, 1:].abs().sum(dim=1) * ac + dc * 1e-3, min(DETAIL_BLOCKS, len(c))).indices
-        c_top, p0_top, ac_top, dc_top = c[top], log_p0[top], ac[top], dc[top]
-        top_unit = torch.maximum(ac_top, dc_top).sum().clamp(min=1.0)
-        screen_pairs = self.pair_log_likelihoods(self.ijg, c_top, scale, p0_top, ac_top, dc_top)
-        screen_by_table = screen_pairs[self.ijg.index]  # (100, 64)
-        screen = screen_by_table.sum(dim=1)
+        top_unit = (torch.maximum(ac_top, dc_top).sum() + declipped_evidence).clamp(min=1.0)  # the estimate's blocks
+        unclipped_screen = self.pair_log_likelihoods(self.ijg, c_top, scale, p0_top, ac_top, dc_top)[self.ijg.index].sum(dim=1)
+        screen = unclipped_screen + declipped
         scored = torch.topk(screen, SCREEN_TABLES).indices
         table = torch.full((len(IJG_QUALITIES),), -math.inf).index_put(
-            (scored,), self.table_log_likelihoods(self.tables[scored], c, scale, log_p0, ac, dc)
+            (scored,), self.table_log_likelihoods(self.tables[scored], c, scale, log_p0, ac, dc) + declipped[scored]
         )
         best = torch.argmax(table)
         unscored_close = (screen >= screen.max() - TIE_NATS) & torch.isinf(table)
         plausible = (table >= take(table, best) - TIE_NATS) | unscored_close
 
-        steps, known, ceiling, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
-        estimated_over = (p0_top[:, 0] * dc_top).sum() + (p0_top[:, 1:] * ac_top[:, None]).sum()  # "no lattice" on the same blocks
+        # "no lattice" on the same blocks as the estimate, and the estimate's lead over the best IJG table on them
+        estimated_over = (p0_top[:, 0] * dc_top).sum() + (p0_top[:, 1:] * ac_top[:, None]).sum() + declipped[-1]
+        estimated_ll = estimated_ll + declipped_estimate
         log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
         equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
-        misfit = (estimated_ll - screen.max()) / top_unit  # the same blocks: free steps against the best IJG table
+        misfit = (estimated_ll - screen.max()) / top_unit
         ijg = (misfit <= MISFIT_MAX) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
         allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
@@ -314,7 +342,7 @@ class LatticeVerifier(nn.Module):
         # codings improves on it much; two IJG codings leave gaps that no single table explains.
         # (The blocks come sorted, most textured first: the double model reads the first DOUBLE_BLOCKS.)
         c_double, p0_double, ac_double = c_top[:DOUBLE_BLOCKS], p0_top[:DOUBLE_BLOCKS], ac_top[:DOUBLE_BLOCKS]
-        double_unit = torch.maximum(ac_double, dc_top[:DOUBLE_BLOCKS]).sum().clamp(min=1.0)
+        double_unit = torch.maximum(ac_double, dc_top[:DOUBLE_BLOCKS]).sum()  # the double model reads unclipped blocks only
         best_table = take(self.tables, best)
         single = best_table.expand_as(self.tables)
         index = torch.arange(len(IJG_QUALITIES))
@@ -326,7 +354,8 @@ class LatticeVerifier(nn.Module):
         first = torch.argmax(by_first)
         first_score = take(by_first, first)
         first_plausible = by_first >= first_score - TIE_NATS
-        double_gain = torch.where(torch.isfinite(first_score), (first_score - baseline) / double_unit, torch.zeros(()))
+        double_read = torch.isfinite(first_score) & (double_unit >= MIN_EVIDENCE)  # as little evidence as a lattice answer needs
+        double_gain = torch.where(double_read, (first_score - baseline) / double_unit.clamp(min=1.0), torch.zeros(()))
         qualities = torch.from_numpy(IJG_QUALITIES.astype(np.float32))
         return LatticeFit(
             found=evidence >= MIN_EVIDENCE,
@@ -345,6 +374,24 @@ class LatticeVerifier(nn.Module):
             first_plausible=first_plausible,
             double_gain=double_gain.clamp(min=0.0),
         )
+
+    def declipped_log_ratios(self, c: torch.Tensor, clipped: Clipped, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T,) each of `tables`' (T, 64) AC log-likelihood ratio over "no lattice" on its own unclipped version of the
+        DECLIP_BLOCKS most textured clipped blocks (q1net.forensics.clipping), and the evidence those blocks hold.
+
+        A clipped sample is free: a block counts by its share of samples seen as they were (under DECLIP_MIN_SEEN: not
+        at all). Free samples let any table fit, and the coarsest fit best: a gradient to pure red is all free.
+        """
+        seen_share = 1 - (clipped.high | clipped.low).flatten(1).float().mean(dim=1)
+        weight = once_per_repeat(c[:, 1:], textured(c, clipped.usable) & (seen_share >= DECLIP_MIN_SEEN)) * seen_share
+        top = torch.topk(c[:, 1:].abs().sum(dim=1) * weight, min(DECLIP_BLOCKS, len(c))).indices
+        weight = weight[top]
+        coefficients = self.declip(clipped.seen[top], clipped.high[top], clipped.low[top], tables)  # (T, B, 64)
+        scale = self.scales(c[top], weight)
+        log_p0 = log_no_lattice(coefficients, scale)[..., 1:]
+        lattice = log_lattice_ac(coefficients[..., 1:], tables[:, None, 1:], scale[1:], AC_SHIFTS)
+        ratio = (log_add_exp(lattice + LOG_KEEP, log_p0 + LOG_EPS) - log_p0).sum(dim=2)
+        return (ratio * weight).sum(dim=1), weight.sum()
 
     def estimate(
         self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from q1net.data.geometry import REGIONS, RegionGeometry
-from q1net.forensics.dct import BLOCK, clipped_blocks, luma
+from q1net.forensics.clipping import block_at, clipped_blocks, clipped_samples
+from q1net.forensics.dct import BLOCK, luma
 from q1net.forensics.grid import GridDetector, GridPhase
-from q1net.forensics.lattice import LatticeFit, LatticeVerifier
+from q1net.forensics.lattice import Clipped, LatticeFit, LatticeVerifier
 from q1net.models.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
 from q1net.predictor.rules import Verdict, Vote, combine, flat_patches, vote
@@ -166,11 +167,13 @@ class Q1Program(nn.Module):
         return phase, coefficients, read_once
 
     def fit(self, regions: torch.Tensor, coefficients: torch.Tensor, phase: GridPhase, read_once: torch.Tensor) -> LatticeFit:
-        """The lattice on the CNN's blocks at the detected phase, clipped ones left out."""
+        """The lattice on the CNN's blocks at the detected phase (clipped ones read back by the declipper)."""
         at_phase = (phase.dy * BLOCK + phase.dx).reshape(1)
+        picked = regions.index_select(0, self.cnn_regions)
         blocks = coefficients.index_select(0, self.cnn_regions).flatten(2).index_select(2, at_phase)[:, :, 0]  # (B, 64)
-        unclipped = ~clipped_blocks(regions.index_select(0, self.cnn_regions)).flatten(1).index_select(1, at_phase)[:, 0]
-        return self.lattice(blocks, read_once & unclipped)
+        clipped = clipped_blocks(picked).flatten(1).index_select(1, at_phase)[:, 0]
+        seen, high, low = clipped_samples(block_at(picked, phase.dy, phase.dx))
+        return self.lattice(blocks, read_once & ~clipped, Clipped(seen, high, low, read_once & clipped))
 
     def evidence(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, network=None) -> Evidence:
         """Grid, lattice and CNN evidence from the regions (`network`: another runner of the same net, e.g. ONNX Runtime)."""
