@@ -7,16 +7,13 @@ line, the others still processed), 2 usage errors.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from q1net.atomic import write_atomically
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -25,180 +22,47 @@ def fail(message: str) -> None:
     print(f"q1net: {message}", file=sys.stderr)
 
 
-def write_atomically(path: Path, save: object) -> None:
-    """Call `save(tmp_path)` then move the file into place: no half-written output survives a failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        save(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def expand_inputs(paths: list[str]) -> Iterator[tuple[str, str | None]]:
-    """(path, problem) for every file named or found below a named folder; problem is None for usable ones."""
-    from q1net.predictor.images import find_images
-
-    for name in paths:
-        if os.path.isdir(name):
-            found = find_images(name)
-            if not found:
-                yield name, "folder holds no images"
-            yield from ((os.fspath(p), None) for p in found)
-        elif os.path.lexists(name):
-            yield name, None
-        else:
-            yield name, "no such file or folder"
-
-
-def quality_text(quality: float, low: int, high: int, determined: bool) -> str:
-    """How the table shows an answer: `75` (and its range when it is wider than a level), `31..100`, or `undetermined`."""
-    if determined:
-        value = f"{quality:.0f}" if abs(quality - round(quality)) < 0.005 else f"{quality:.1f}"
-        return value if low == high else f"{value} ({low}..{high})"
-    return "undetermined" if (low, high) == (1, 100) else f"{low}..{high}"
-
-
-class Table:
-    """Rows printed as they come, in aligned columns, as JSON lines or as CSV."""
-
-    columns = (
-        "path", "quality", "quality_low", "quality_high", "determined", "confidence", "blocks_used", "blocks_sampled", "fallback",
-        "method", "cnn_quality", "lattice_quality", "lattice_strength", "grid", "grid_sure", "header_quality", "recompressed", "notes",
-        "table", "heatmap", "seconds",
-    )  # fmt: skip
-
-    def __init__(self, style: str, stream=sys.stdout) -> None:
-        self.style, self.stream = style, stream
-        self.csv = csv.DictWriter(stream, fieldnames=self.columns) if style == "csv" else None
-        if self.csv:
-            self.csv.writeheader()
-        elif style == "table":
-            print(f"{'quality':>14} {'method':>8} {'conf':>6} {'blocks':>9}  path", file=stream)
-
-    def add(self, row: dict[str, object]) -> None:
-        if self.style == "json":
-            print(json.dumps(row), file=self.stream, flush=True)
-        elif self.csv:
-            self.csv.writerow({key: json.dumps(value) if isinstance(value, list) else value for key, value in row.items()})
-            self.stream.flush()
-        else:
-            confidence = "-" if row["confidence"] is None else f"{row['confidence']:.1f}"
-            used = f"{row['blocks_used']}/{row['blocks_sampled']}"
-            notes = [
-                *(["low confidence: no block above tau"] if row["fallback"] else []),
-                *([f"grid at {tuple(row['grid'])}"] if row["grid_sure"] and any(row["grid"]) else []),
-                *([f"header says {row['header_quality']}"] if row["header_quality"] is not None else []),
-                *row["notes"],
-            ]
-            note = f"  ({'; '.join(notes)})" if notes else ""
-            shown = quality_text(row["quality"], row["quality_low"], row["quality_high"], row["determined"])
-            print(f"{shown:>14} {row['method']:>8} {confidence:>6} {used:>9}  {row['path']}{note}", file=self.stream, flush=True)
-            if "table" in row:
-                steps = ["?" if step is None else str(step) for step in row["table"]]
-                for r in range(8):
-                    print(" " * 10 + " ".join(f"{step:>3}" for step in steps[8 * r : 8 * r + 8]), file=self.stream)
-
-
-def heatmap_name(folder: Path, stem: str, taken: set[Path]) -> Path:
-    """`stem`_heatmap.png in `folder`, numbered -2, -3, ... when inputs share a stem (a.gif and a.png, x/p.png and y/p.png)."""
-    target, number = folder / f"{stem}_heatmap.png", 1
-    while target in taken:
-        number += 1
-        target = folder / f"{stem}_heatmap-{number}.png"
-    taken.add(target)
-    return target
-
-
-def predict_file(predictor, path: str, problem: str | None, heatmap: Path | None, show_table: bool) -> tuple[dict | None, str | None]:
-    """One input's row, or the one-line error naming it; never raises for a bad input."""
-    from q1net.predictor.images import ImageReadError
-    from q1net.predictor.inference import read_input
-
-    try:
-        if problem:
-            raise ImageReadError(path, problem)
-        start = time.perf_counter()
-        decoded = read_input(path, predictor.max_pixels)
-        [found] = predictor.gather([decoded])
-        result = predictor.resolve(found, source=path, return_blocks=heatmap is not None, show_table=show_table)
-        row = result.as_dict() | {"path": path, "seconds": round(time.perf_counter() - start, 4)}
-        if heatmap is not None:
-            from q1net.tools.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
-
-            answer = quality_text(result.quality, result.quality_low, result.quality_high, result.determined)
-            name = Path(path).name.encode("utf-8", "backslashreplace").decode()  # a title font cannot draw undecodable bytes
-            title = f"{name}: quality {answer}, range {result.quality_low}..{result.quality_high}, decided by the {result.method}"
-            picture = heatmap_image(decoded.pixels, result, title)
-            write_atomically(heatmap, lambda tmp: picture.save(tmp, format="PNG"))
-            row["heatmap"] = str(heatmap)
-        return row, None
-    except (ImageReadError, ValueError, OSError) as error:
-        return None, str(error) if isinstance(error, ImageReadError) else f"{path}: {error}"
-
-
-WORKER: dict[str, object] = {}  # the predictor of a --workers process
-
-
-def start_worker(args: argparse.Namespace) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # N processes x 1 thread: no oversubscription
-    WORKER["predictor"] = load_predictor(args, args.blocks)
-    WORKER["show_table"] = args.show_table
-
-
-def work(job: tuple[str, str | None, Path | None]) -> tuple[dict | None, str | None]:
-    return predict_file(WORKER["predictor"], *job, WORKER["show_table"])
-
-
 def run_predict(args: argparse.Namespace) -> int:
-    import multiprocessing
+    from functools import partial
 
-    from tqdm import tqdm
-
+    from q1net.collection.journal import Journal, JournalError
+    from q1net.collection.pipeline import Options, run_to_journal, run_to_terminal
+    from q1net.predictor.images import MAX_PIXELS_DEFAULT
     from q1net.predictor.weights import WeightsError
 
-    inputs = list(expand_inputs(args.paths))
-    heatmaps = Path(args.heatmap) if args.heatmap else None
-    taken: set[Path] = set()
-    if heatmaps is None:
-        targets = [None] * len(inputs)
-    elif heatmaps.suffix.lower() == ".png" and len(inputs) == 1:
-        targets = [heatmaps]
-    else:
-        targets = [heatmap_name(heatmaps, Path(path).stem, taken) for path, _ in inputs]
-    jobs = [(path, problem, target) for (path, problem), target in zip(inputs, targets, strict=True)]
+    options = Options(Path(args.heatmap) if args.heatmap else None, args.show_table)
+    load = partial(load_predictor, args, args.blocks)
     try:
-        predictor = load_predictor(args, args.blocks)  # also checks the weights before any worker starts
-    except WeightsError as error:
+        journal = Journal(args.out, args.chunk_rows) if args.out else None
+        if args.devices or args.num_nodes > 1 or args.accelerator:
+            if journal is None or args.heatmap:
+                fail("--devices, --num-nodes and --accelerator need --out, and take no --heatmap")
+                return EXIT_USAGE
+            from q1net.collection.distributed import run_distributed
+
+            load(device="cpu")  # the weights are checked before any rank starts
+            lightning = {"devices": args.devices, "num_nodes": args.num_nodes, "accelerator": args.accelerator}
+            lightning |= {"loader_workers": args.loader_workers, "quiet": args.quiet}
+            max_pixels = args.max_pixels or MAX_PIXELS_DEFAULT
+            report = run_distributed(args.paths, journal, load, options, run_settings(args), args.restart, max_pixels, **lightning)
+            return EXIT_SOME_FAILED if report and report.get("failed") else EXIT_OK
+        predictor = load()  # also checks the weights before any worker starts
+        if journal is None:
+            failed = run_to_terminal(predictor, load, args.paths, args.format, args.workers, options, args.quiet)
+        else:
+            settings = run_settings(args)
+            report = run_to_journal(predictor, load, args.paths, journal, args.workers, options, args.quiet, settings, args.restart)
+            failed = report.get("failed", 0)
+    except (WeightsError, JournalError) as error:
         fail(str(error))
         return EXIT_USAGE
-    table, failures = Table(args.format), 0
-    if args.workers > 1:
-        methods = multiprocessing.get_all_start_methods()
-        pool = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn").Pool(args.workers, start_worker, (args,))
-        results = pool.imap(work, jobs)  # in input order
-    else:
-        pool, results = None, (predict_file(predictor, *job, args.show_table) for job in jobs)
-    try:
-        for row, error in tqdm(results, total=len(jobs), disable=not sys.stderr.isatty(), unit="image", file=sys.stderr):
-            if error is not None:
-                fail(error)
-                failures += 1
-            else:
-                table.add(row)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, object]:
+    """What makes a run's rows what they are: a resumed run must have the same (q1net.collection.journal)."""
+    names = ("paths", "blocks", "tau", "checkpoint", "method", "no_calibration", "engine", "max_pixels", "show_table", "heatmap", "program")
+    return {name: getattr(args, name) for name in names} | {"version": __import__("q1net").__version__}
 
 
 def add_condition_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="train a model (LightningCLI: [fit|validate|test] --config FILE ...)")
 
-    predict = commands.add_parser("predict", help="predict the JPEG quality of images (files or folders, recursive)")
+    predict = commands.add_parser(
+        "predict", help="predict the JPEG quality of images: files, folders (recursive), list files (.txt), tar shards (.tar)"
+    )
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="table (default), JSON lines or CSV")
     predict.add_argument("--blocks", type=positive_int, default=16, help="blocks per side: N x N patches are scored (default 16)")
@@ -286,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--program", default=None, metavar="FILE", help="run an exported program (.onnx, .pte from q1net export) instead of the weights"
     )
+    predict.add_argument(
+        "--out", default=None, metavar="FILE", help="write the rows to FILE (.parquet, .jsonl, .csv), resumable: run again to continue"
+    )
+    predict.add_argument("--restart", action="store_true", help="with --out: start over instead of continuing an unfinished run")
+    predict.add_argument(
+        "--chunk-rows", type=positive_int, default=256, help="with --out: rows committed at once (a kill loses at most these; default 256)"
+    )
+    predict.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
+    predict.add_argument("--devices", default=None, help="Lightning's Trainer.predict on N devices (an int, 'auto' or a list); needs --out")
+    predict.add_argument("--num-nodes", type=positive_int, default=1, help="machines of a Lightning run (torchrun, SLURM); needs --out")
+    predict.add_argument("--accelerator", default=None, help="cpu, gpu or auto for the Lightning run (default: auto)")
+    predict.add_argument("--loader-workers", type=int, default=2, help="decoding processes per Lightning rank (default 2)")
 
     evaluate = commands.add_parser("evaluate", help="the paper's protocol: code lossless images at every quality, predict")
     add_condition_arguments(evaluate)
@@ -378,13 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_predictor(args: argparse.Namespace, blocks: int):
+def load_predictor(args: argparse.Namespace, blocks: int, device: str | None = None):
+    """The predictor the arguments ask for (`device` overrides --device: a Lightning rank's own)."""
     from q1net.predictor.inference import Predictor, ProgramPredictor
 
     if getattr(args, "program", None):
         return ProgramPredictor(args.program, **({"max_pixels": args.max_pixels} if getattr(args, "max_pixels", None) else {}))
 
-    options = {"blocks": blocks, "device": args.device, "tau": getattr(args, "tau", None), "method": getattr(args, "method", "hybrid")}
+    options = {"blocks": blocks, "device": device or args.device, "tau": getattr(args, "tau", None)}
+    options["method"] = getattr(args, "method", "hybrid")
     options["calibrate"] = not getattr(args, "no_calibration", False)
     if getattr(args, "max_pixels", None):
         options["max_pixels"] = args.max_pixels

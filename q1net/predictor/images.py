@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -156,10 +157,9 @@ def read_image(path: str | os.PathLike[str] | BinaryIO, max_pixels: int = MAX_PI
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".webp", ".jpg", ".jpeg", ".gif"})
 
 
-def find_images(root: str | os.PathLike[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """Image files below `root`, sorted, following no directory twice (symlink loops are safe)."""
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
+def iter_images(root: str | os.PathLike[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Iterator[Path]:
+    """Image files below `root`, sorted, following no directory twice (symlink loops are safe), as they are found."""
+    seen: set[tuple[int, int]] = set()  # folders only: bounded by the tree's folders, not its files
     for directory, subdirs, files in os.walk(root, followlinks=True):
         stat = os.stat(directory)
         if (stat.st_dev, stat.st_ino) in seen:
@@ -167,5 +167,9 @@ def find_images(root: str | os.PathLike[str], suffixes: frozenset[str] = IMAGE_S
             continue
         seen.add((stat.st_dev, stat.st_ino))
         subdirs.sort()
-        found.extend(Path(directory, name) for name in sorted(files) if Path(name).suffix.lower() in suffixes)
-    return found
+        yield from (Path(directory, name) for name in sorted(files) if Path(name).suffix.lower() in suffixes)
+
+
+def find_images(root: str | os.PathLike[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """`iter_images` as a list."""
+    return list(iter_images(root, suffixes))
