@@ -10,7 +10,7 @@ ARGS ?=
 
 DATA_ARGS := $(if $(DATA),--data configs/data/folder.yaml --data.train_source.init_args.root=$(DATA) --data.val_source.init_args.root=$(VAL))
 
-.PHONY: help setup train test test-full fuzz bench reproduce gpu-data train-gpu card export lint clean
+.PHONY: help setup train test test-full fuzz bench collection-bench reproduce gpu-data train-gpu card export lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,10 @@ fuzz: $(STAMP)  ## the long fuzz run: 10,000 mutated PNG/JPEG files through the 
 
 bench: $(STAMP)  ## measure latency, throughput, training speed and memory here: bench/results.{json,md}
 	$(BIN)/q1net bench --out bench
+
+PHOTOS ?= ../shared/data/train
+collection-bench: $(STAMP)  ## whole-collection figures (20,000 files, kill and resume, tar shards, 2 processes): runs/collection/
+	$(BIN)/python -m q1net.tools.collection_bench --photos $(PHOTOS) --out runs/collection $(ARGS)
 
 BUDGET ?= 3
 TEST ?=
