@@ -27,7 +27,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from q1net.collection.journal import Journal, JournalError
     from q1net.collection.pipeline import Options, run_to_journal, run_to_terminal
-    from q1net.predictor.images import MAX_PIXELS_DEFAULT
+    from q1net.data.images import MAX_PIXELS_DEFAULT
     from q1net.predictor.weights import WeightsError
 
     options = Options(Path(args.heatmap) if args.heatmap else None, args.show_table)
@@ -302,9 +302,9 @@ def source_of(args: argparse.Namespace):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from q1net.plots import confusion_image, confusion_matrix, error_by_quality_image
     from q1net.predictor.weights import WeightsError
     from q1net.tools.evaluate import by_kind, pair_table, score_source, summarise_methods
-    from q1net.tools.plots import confusion_image, confusion_matrix, error_by_quality_image
 
     try:
         source, condition = source_of(args), condition_of(args)

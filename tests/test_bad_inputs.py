@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from q1net import Predictor
+from q1net.data.images import ImageReadError, find_images, read_image
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
-from q1net.predictor.images import ImageReadError, find_images, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_each_case_through_the_api(predictor, folder, name):
 
 
 def test_exif_orientation_does_not_change_the_answer(predictor, folder):
-    """The coding grid lives in the stored orientation (q1net.predictor.images): reading ignores EXIF rotation."""
+    """The coding grid lives in the stored orientation (q1net.data.images): reading ignores EXIF rotation."""
     path = path_of(folder, "rotated.jpg")
     stored = np.asarray(Image.open(path))
     assert predictor.predict(path).quality == predictor.predict(stored).quality

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from q1net import Predictor
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.calibration import Calibration, fit_calibration
 from q1net.predictor.rules import vote
 from q1net.predictor.weights import WeightsError, load_weights, pack_checkpoint, save_weights

@@ -22,7 +22,7 @@ from PIL import Image
 from q1net.collection.inputs import MEMBER_BITS, count_items, expand_braces, iter_items
 from q1net.collection.journal import Journal, JournalError, read_rows
 from q1net.data.sources import SyntheticSource
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 
 from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.engines import cache_dir, cached_onnx, make_engine
 from q1net.predictor.weights import load_weights, pretrained_path
 

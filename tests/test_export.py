@@ -12,7 +12,7 @@ from q1net.export.formats import export_onnx, export_pte
 from q1net.export.mosaic import MosaicQ1Net, from_mosaic, to_mosaic
 from q1net.export.parity import ParityError
 from q1net.export.run import Target, export_target
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.calibration import Calibration
 
 

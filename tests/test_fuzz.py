@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from q1net import Predictor
+from q1net.data.images import ImageReadError, read_image
 from q1net.data.jpeg import jpeg_encode
-from q1net.predictor.images import ImageReadError, read_image
 
 FUZZ_EXAMPLES = int(os.environ.get("Q1NET_FUZZ_EXAMPLES", "150"))
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from q1net.data.packed import PackedSource, crop_corners, pack_photos
 from q1net.data.sources import FolderSource, SyntheticSource
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.weights import load_weights, save_weights
 from q1net.tools.gpu_train import main
 

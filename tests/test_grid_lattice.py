@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image, JpegPresets
 
+from q1net.data.images import read_image
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
 from q1net.forensics.clipping import clipped_blocks
 from q1net.forensics.dct import PIXEL_MAX
 from q1net.forensics.lattice import TIE_NATS, LatticeFit, log_no_lattice
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
-from q1net.models.q1net import create_model
-from q1net.predictor.images import read_image
+from q1net.nets.q1net import create_model
 from q1net.predictor.program import Q1Program, cut_regions
 from q1net.predictor.rules import AGREE_LEVELS, Vote, combine
 

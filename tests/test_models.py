@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from q1net.models.q1net import Q1NetConfig, Q1Network, count_parameters, create_model, list_models
+from q1net.nets.q1net import Q1NetConfig, Q1Network, count_parameters, create_model, list_models
 
 # Table 3 of the paper (parameters including BN running statistics, REFERENCE.md)
 PAPER_PARAMS = {"q1net_baseline": 125_000, "q1net_light": 71_000, "q1net_heavy": 280_000, "q1net_no_bb": 49_000}

@@ -15,7 +15,7 @@ from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
 from q1net.forensics.quant_tables import ijg_equivalent_quality, ijg_luma_table
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.inference import read_input
 from q1net.predictor.weights import WeightsError, load_weights, save_weights
 

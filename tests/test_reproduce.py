@@ -12,7 +12,7 @@ from PIL import Image
 from q1net.data.datamodule import PatchDataModule
 from q1net.data.patches import PatchSampler, patch_sobel, sobel_magnitude
 from q1net.data.sources import SyntheticSource
-from q1net.models.peers import PEERS, PeerNetwork, centre_crop
+from q1net.nets.peers import PEERS, PeerNetwork, centre_crop
 from q1net.tools.reproduce import ROWS
 
 PAPER_PARAMETERS = {"jqe_like": 217_000, "qest_like": 213_000}

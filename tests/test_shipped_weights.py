@@ -14,7 +14,7 @@ from PIL import Image
 
 from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
-from q1net.models.q1net import count_parameters
+from q1net.nets.q1net import count_parameters
 from q1net.predictor.weights import load_weights, pretrained_path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from q1net.data.images import ImageReadError, load_rgb, to_rgb_array
 from q1net.data.sources import FolderSource, SyntheticSource
-from q1net.predictor.images import ImageReadError, load_rgb, to_rgb_array
 
 
 def test_folder_source_is_recursive_sorted_and_warns_about_jpeg(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
-from q1net.models.q1net import create_model
+from q1net.nets.q1net import create_model
 from q1net.predictor.weights import WeightsError, load_checkpoint, load_weights, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]

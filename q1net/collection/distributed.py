@@ -28,7 +28,7 @@ from q1net.collection.journal import Done, Journal
 from q1net.collection.pipeline import Options, answer, decode, finish
 
 BATCH_IMAGES = 8  # images a rank's predict_step takes at once
-Decodedish = object  # q1net.predictor.images.Decoded, or the one-line error of an item that cannot be read
+Decodedish = object  # q1net.data.images.Decoded, or the one-line error of an item that cannot be read
 
 
 class CollectionDataset(IterableDataset):

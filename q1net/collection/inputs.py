@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from q1net.predictor.images import IMAGE_SUFFIXES, iter_images
+from q1net.data.images import IMAGE_SUFFIXES, iter_images
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 SHARD_SUFFIXES = frozenset({".tar"})

@@ -25,7 +25,7 @@ from q1net.atomic import write_atomically
 from q1net.collection.inputs import Item, count_items, iter_items
 from q1net.collection.journal import Journal
 from q1net.collection.rows import RowText, quality_text
-from q1net.predictor.images import ImageReadError
+from q1net.data.images import ImageReadError
 from q1net.predictor.inference import Decoded, read_input
 
 WINDOW_PER_WORKER = 4  # items in flight per worker: enough to keep it busy, few enough to keep memory flat
@@ -68,7 +68,7 @@ def answer(predictor, item: Item, decoded: Decoded | str, options: Options, heat
     except (ValueError, OSError) as error:
         return identity(item) | {"error": f"{item.name}: {error}"}
     if heatmap is not None:
-        from q1net.tools.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
+        from q1net.plots import heatmap_image  # matplotlib: a third of a second, only when a heatmap is asked for
 
         shown = quality_text(result.quality, result.quality_low, result.quality_high, result.determined)
         name = Path(item.name).name.encode("utf-8", "backslashreplace").decode()  # a title font cannot draw undecodable bytes

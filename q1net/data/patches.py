@@ -77,7 +77,7 @@ class PatchSampler:
     is one coding block plus its ring. `min_sobel` rejects near-flat patches
     (mean Sobel magnitude of the uncompressed luma below it; 0 keeps all).
     With `whole_crop` the one "patch" is the whole coded crop, `crop_size` square:
-    the input of the paper's Table 2 peers (q1net.models.peers). `smooth_share`
+    the input of the paper's Table 2 peers (q1net.nets.peers). `smooth_share`
     of the crops are `smooth_image`s instead of crops of the images (never rejected
     as flat): what the confidence head must learn to distrust.
     """

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from q1net.predictor.images import find_images, load_rgb
+from q1net.data.images import find_images, load_rgb
 
 LOSSLESS_SUFFIXES = frozenset({".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"})
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})

@@ -24,12 +24,11 @@ import torch
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
 from q1net.export.mosaic import MosaicNetwork, MosaicQ1Net
-from q1net.models.q1net import Q1Network
+from q1net.nets.onnx import example_patches, network_onnx
+from q1net.nets.q1net import Q1Network
 from q1net.predictor.program import ANSWER_FIELDS, Q1Program, cut_regions
 
 Backend = Literal["xnnpack", "vulkan", "portable"]
-EXAMPLE_BATCH = 32  # dynamic-batch exports need an example of 16 or more (ENVIRONMENT.md)
-MAX_BATCH = 4096
 
 
 def output_names(net: Q1Network) -> list[str]:
@@ -82,22 +81,8 @@ def export_onnx(net: Q1Network, out: str | os.PathLike[str], tau: float | None =
     """One self-contained .onnx file with a dynamic batch, checked by onnx.checker, metadata in its props."""
     import onnx
 
-    out = Path(out)
-    example = torch.rand(EXAMPLE_BATCH, 3, GEOMETRY.patch, GEOMETRY.patch) * 255
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.onnx.export(
-        net.eval(),
-        (example,),
-        dynamo=True,
-        external_data=False,
-        input_names=["patches"],
-        output_names=["outputs"],
-        dynamic_shapes={"x": {0: batch}},
-        verbose=False,
-    )
-    program.save(str(out), external_data=False)
+    out = network_onnx(net, out)
     model = onnx.load(str(out))
-    onnx.checker.check_model(model)
     meta = metadata(net, tau, batched_layout(GEOMETRY.patch))
     onnx.helper.set_model_props(model, {"q1net": json.dumps(meta)})
     onnx.save(model, str(out))
@@ -130,8 +115,7 @@ def lower(net: Q1Network, backend: Backend = "xnnpack", fp16: bool = False, bloc
     else:
         if fp16:
             raise ValueError("fp16 is offered for the Vulkan backend only")
-        example = torch.rand(EXAMPLE_BATCH, 3, GEOMETRY.patch, GEOMETRY.patch) * 255
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        example, batch = example_patches()
         exported = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
         if backend == "xnnpack":
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from q1net.data.geometry import GEOMETRY
-from q1net.models.q1net import CBR, QUALITY_SCALE, Bottleneck, Q1Network
+from q1net.nets.q1net import CBR, QUALITY_SCALE, Bottleneck, Q1Network
 
 
 def valid_mask(tiles: int, tile: int, valid: int, size: int) -> torch.Tensor:

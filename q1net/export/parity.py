@@ -19,7 +19,7 @@ import torch
 
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.export.mosaic import from_mosaic, to_mosaic
-from q1net.models.q1net import QUALITY_SCALE, Q1Network
+from q1net.nets.q1net import QUALITY_SCALE, Q1Network
 from q1net.predictor.program import origin_patches
 from q1net.predictor.rules import vote
 

@@ -26,7 +26,7 @@ from q1net.export.parity import (
     pte_runner,
     write_bundled_program,
 )
-from q1net.models.q1net import Q1Network
+from q1net.nets.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
 
 TIMING_RUNS = 5

@@ -18,13 +18,13 @@ from lightning.pytorch.loggers import WandbLogger
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
-from q1net.models.peers import PeerNetwork, centre_crop
-from q1net.models.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
+from q1net.nets.peers import PeerNetwork, centre_crop
+from q1net.nets.q1net import QUALITY_SCALE, Q1NetConfig, Q1Network
+from q1net.plots import confusion_image, confusion_matrix, zoom_patch
 from q1net.predictor.inference import BLOCKS_DEFAULT, TAU_DEFAULT, TAU_GRID
 from q1net.predictor.program import Q1Program, cut_regions
 from q1net.predictor.rules import vote
 from q1net.predictor.weights import WeightsError, load_net_file
-from q1net.tools.plots import confusion_image, confusion_matrix, zoom_patch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (B, 3, P, P) uint8 patches, (B,) int qualities
 
@@ -251,7 +251,7 @@ class Q1Classifier(QualityModule):
 
 
 class PeerRegressor(LightningModule):
-    """A Table 2 peer (q1net.models.peers) trained with L1 on the quality of whole crops (DataModule `crop_input`)."""
+    """A Table 2 peer (q1net.nets.peers) trained with L1 on the quality of whole crops (DataModule `crop_input`)."""
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from q1net.models.q1net import QUALITY_SCALE
+from q1net.nets.q1net import QUALITY_SCALE
 
 KNOT_STEP = 5.0  # levels between knots: 21 knots on 0..100
 PRIOR_WEIGHT = 1.0  # images' worth of pull toward the identity at every knot

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from q1net import __version__
-from q1net.models.q1net import Q1Network
+from q1net.nets.q1net import Q1Network
 
 EngineName = Literal["auto", "torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
@@ -85,13 +85,13 @@ def weights_digest(net: Q1Network) -> str:
 
 def cached_onnx(net: Q1Network) -> Path:
     """The net as ONNX in the cache, exported on first use."""
-    from q1net.export.formats import export_onnx
+    from q1net.nets.onnx import network_onnx
 
     path = cache_dir() / "onnx" / f"q1net-{weights_digest(net)}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-            exported = export_onnx(net, Path(scratch) / path.name)
+            exported = network_onnx(net, Path(scratch) / path.name)
             os.replace(exported, path)  # atomic: a parallel worker sees no file or a whole one
     return path
 

@@ -1,6 +1,6 @@
 """From an image to one quality level and the range its pixels allow: the host around the program.
 
-`Predictor` reads an image (q1net.predictor.images), cuts the regions the program reads
+`Predictor` reads an image (q1net.data.images), cuts the regions the program reads
 (q1net.predictor.program.cut_regions), gathers the program's evidence with the network on
 the fastest engine here (q1net.predictor.engines), and applies the program's rules: the
 very module `q1net export` lowers, so a phone and `q1net predict` compute the same answer.
@@ -28,11 +28,11 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 
 from q1net.data.geometry import GEOMETRY
+from q1net.data.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
 from q1net.forensics.quant_tables import ijg_equivalent_quality
-from q1net.models.q1net import Q1Network
+from q1net.nets.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
 from q1net.predictor.engines import Engine, EngineName, make_engine, program_runner
-from q1net.predictor.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpeg_luma_table, read_image, to_rgb_array
 from q1net.predictor.program import ANSWER_FIELDS, Evidence, Q1Program, answer_tensors, cut_regions, spread_index
 from q1net.predictor.rules import METHOD_CODES
 from q1net.predictor.weights import DEFAULT_PRETRAINED, WeightsError, load_net_file, load_weights, pretrained_path
@@ -58,8 +58,8 @@ class ImageEvidence:
     rows: np.ndarray  # (n,) region starts in the image (the program's input)
     cols: np.ndarray
     header_quality: int | None = None  # IJG-equivalent quality of a JPEG file's own luma table
-    codec: str | None = None  # another lossy codec the file was coded with (q1net.predictor.images)
-    notes: tuple[str, ...] = ()  # from reading the image (q1net.predictor.images.conversion_notes)
+    codec: str | None = None  # another lossy codec the file was coded with (q1net.data.images)
+    notes: tuple[str, ...] = ()  # from reading the image (q1net.data.images.conversion_notes)
     outputs: tuple[torch.Tensor, ...] | None = None  # an exported program's answer (ProgramPredictor)
 
 
@@ -119,7 +119,7 @@ class Prediction:
 
 
 def read_input(image: ImageInput, max_pixels: int = MAX_PIXELS_DEFAULT) -> Decoded:
-    """Pixels (H, W, 3) uint8, and a JPEG's header table, from a path, a PIL image or an array (rules: q1net.predictor.images)."""
+    """Pixels (H, W, 3) uint8, and a JPEG's header table, from a path, a PIL image or an array (rules: q1net.data.images)."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
             if image.dtype == np.uint8:

@@ -34,7 +34,7 @@ from q1net.forensics.clipping import block_at, clipped_blocks, clipped_samples
 from q1net.forensics.dct import BLOCK, luma
 from q1net.forensics.grid import GridDetector, GridPhase
 from q1net.forensics.lattice import Clipped, LatticeFit, LatticeVerifier
-from q1net.models.q1net import Q1Network
+from q1net.nets.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
 from q1net.predictor.rules import Verdict, Vote, combine, flat_patches, vote
 

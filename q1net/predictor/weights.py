@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
-from q1net.models.q1net import Q1NetConfig, Q1Network
+from q1net.nets.q1net import Q1NetConfig, Q1Network
 from q1net.predictor.calibration import Calibration
 
 PRETRAINED = {"q1net_k8_photos": "q1net_k8_photos.safetensors"}  # name -> file in q1net/weights_data/

@@ -164,7 +164,7 @@ def block_sweep(runners: dict, pixels: np.ndarray) -> list[dict]:
 
 def latency_section(scratch: str) -> dict:
     """Per-stage seconds for each image size and file type, and the block sweep on 2 MP."""
-    from q1net.predictor.images import read_image
+    from q1net.data.images import read_image
     from q1net.predictor.inference import BLAS, Predictor
 
     BLAS.limit(limits=1, user_api="blas")  # for this whole process: the stages run as Predictor.gather runs them

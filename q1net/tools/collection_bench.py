@@ -33,7 +33,7 @@ from PIL import Image
 
 from q1net.atomic import write_atomically
 from q1net.collection.journal import read_rows
-from q1net.predictor.images import find_images, load_rgb
+from q1net.data.images import find_images, load_rgb
 
 CROP = 256
 SHARDS, CORRUPT = 10, 5

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from q1net.data.images import Decoded, read_image
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN, Subsampling, jpeg_encode, jpeg_roundtrip
 from q1net.data.patches import LUMA_WEIGHTS
 from q1net.data.sources import ImageSource
 from q1net.forensics.quant_tables import ijg_equivalent_quality, other_encoder_tables
-from q1net.models.q1net import Q1Network
+from q1net.nets.q1net import Q1Network
 from q1net.predictor.calibration import Calibration, fit_calibration
-from q1net.predictor.images import Decoded, read_image
 from q1net.predictor.inference import METHODS, TAU_DEFAULT, TAU_GRID, ImageEvidence, Method, Prediction, Predictor
 from q1net.predictor.program import Q1Program, cut_regions
 from q1net.predictor.rules import vote

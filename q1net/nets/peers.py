@@ -24,7 +24,7 @@ import torchvision.models as tv
 from torch import nn
 
 from q1net.data.geometry import GEOMETRY
-from q1net.models.q1net import QUALITY_SCALE
+from q1net.nets.q1net import QUALITY_SCALE
 
 PIXEL_SCALE = 255.0
 
