@@ -57,7 +57,7 @@ def write_files(folder: Path, tiles: list[np.ndarray], count: int) -> list[Path]
 
 
 def write_shard(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as shard:
+    with tarfile.open(path, "w:gz" if path.name.endswith(".tar.gz") else "w") as shard:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -84,17 +84,18 @@ def test_items_come_in_one_order_from_files_lists_and_streamed_shards(tmp_path, 
     (tmp_path / "list.txt").write_text(f"# a comment\n{files[2]}\n\n{tmp_path / 'gone.jpg'}\n")
     write_shard(tmp_path / "s-0.tar", [("a.jpg", jpeg_bytes(tiles[0], 50)), ("a.cls", b"3"), ("dir/b.c.png", b"x")])
     write_shard(tmp_path / "s-1.tar", [("c.jpg", jpeg_bytes(tiles[1], 50))])
-    names = [str(tmp_path / "folder"), str(tmp_path / "list.txt"), str(tmp_path / "s-{0..1}.tar")]
+    write_shard(tmp_path / "z.tar.gz", [("d.jpg", jpeg_bytes(tiles[2], 50))])
+    names = [str(tmp_path / "folder"), str(tmp_path / "list.txt"), str(tmp_path / "s-{0..1}.tar"), str(tmp_path / "z.tar.gz")]
 
     items = list(iter_items(names))
 
     assert [item.name.replace(str(tmp_path) + "/", "") for item in items] == [
         "folder/00000.jpg", "folder/00001.jpg", "folder/00002.jpg", "folder/00002.jpg", "gone.jpg",
-        "s-0.tar/a.jpg", "s-0.tar/dir/b.c.png", "s-1.tar/c.jpg",
+        "s-0.tar/a.jpg", "s-0.tar/dir/b.c.png", "s-1.tar/c.jpg", "z.tar.gz/d.jpg",
     ]  # fmt: skip
     assert items[4].problem == "no such file or folder"
-    assert [item.key for item in items[5:]] == ["a", "dir/b", "c"]  # WebDataset's __key__: up to the first dot
-    assert [item.index for item in items[5:]] == [5 << MEMBER_BITS, (5 << MEMBER_BITS) + 1, 6 << MEMBER_BITS]
+    assert [item.key for item in items[5:]] == ["a", "dir/b", "c", "d"]  # WebDataset's __key__: up to the first dot
+    assert [item.index for item in items[5:]] == [5 << MEMBER_BITS, (5 << MEMBER_BITS) + 1, 6 << MEMBER_BITS, 7 << MEMBER_BITS]
     assert items == sorted(items, key=lambda item: item.index)
     # a process that keeps other entries never opens the shards it skips
     assert [item.name for item in iter_items([str(tmp_path / "s-{0..1}.tar"), "nowhere.tar"], keep=lambda entry: entry == 1)] == [

@@ -1,7 +1,8 @@
 """What a collection run reads, one `Item` at a time, in one fixed order, without holding the list.
 
 An input is a file, a folder (walked recursively, sorted, each folder once), a list file
-(`.txt`, `.lst`, `.list`: one path a line, `#` comments) or a WebDataset tar shard (`.tar`),
+(`.txt`, `.lst`, `.list`: one path a line, `#` comments) or a WebDataset tar shard (`.tar`,
+`.tar.gz`, `.tgz`),
 read as a stream without extracting: every member whose suffix is an image type is an item
 keyed by the shard and its `__key__` (the member's name up to its first dot, as WebDataset
 groups a sample's files). Shard names may hold brace ranges, `shards/{00000..00099}.tar`, as
@@ -27,7 +28,7 @@ from pathlib import Path
 from q1net.data.images import IMAGE_SUFFIXES, iter_images
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
-SHARD_SUFFIXES = frozenset({".tar"})
+SHARD_ENDINGS = (".tar", ".tar.gz", ".tgz")  # shards as WebDataset writes them, compressed or not
 BRACE = re.compile(r"\{([^{}]*)\}")
 MEMBER_BITS = 32  # an item's index: its entry's ordinal (a file or a shard) << MEMBER_BITS, plus its number in the shard
 
@@ -101,10 +102,9 @@ def shard_members(path: str) -> Iterator[tuple[str, bytes | None, str | None]]:
 
 def entries(name: str) -> Iterator[tuple[str, bool, str | None]]:
     """(path, is_shard, problem) for one input name, in order: its files, or the shard itself (read later, if kept)."""
-    suffix = Path(name).suffix.lower()
-    if suffix in SHARD_SUFFIXES:
+    if name.lower().endswith(SHARD_ENDINGS):
         yield name, True, None
-    elif suffix in LIST_SUFFIXES and os.path.isfile(name):
+    elif Path(name).suffix.lower() in LIST_SUFFIXES and os.path.isfile(name):
         for listed in list_file_paths(name):
             yield from entries(listed)
     elif os.path.isdir(name):
