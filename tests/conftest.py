@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from q1net.data.sources import SyntheticSource
+from q1net.nets.q1net import create_model
+from q1net.predictor.weights import save_weights
 
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach the network
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("Q1NET_CACHE", tempfile.mkdtemp(prefix="q1net-cache-"))  # ONNX exports of test nets stay out of ~/.cache
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A tiny random Q1Net (k=4) packed as q1net weights, tau 50: fast enough for every CLI test."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(create_model("q1net_baseline", k=4), path, {"tau": 50.0, "recipe": "test"})
+    return path
 
 
 @pytest.fixture(scope="session")

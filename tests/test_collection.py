@@ -16,25 +16,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from q1net.collection.inputs import MEMBER_BITS, count_items, expand_braces, iter_items
 from q1net.collection.journal import Journal, JournalError, read_rows
 from q1net.data.sources import SyntheticSource
-from q1net.nets.q1net import create_model
-from q1net.predictor.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ("seconds",)  # the only column that differs between two runs over the same inputs
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(create_model("q1net_baseline", k=4), path, {"tau": 50.0, "recipe": "test"})
-    return path
 
 
 def jpeg_bytes(pixels: np.ndarray, quality: int) -> bytes:

@@ -8,26 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, JpegPresets
 
 from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
 from q1net.forensics.quant_tables import ijg_equivalent_quality, ijg_luma_table
-from q1net.nets.q1net import create_model
 from q1net.predictor.inference import read_input
-from q1net.predictor.weights import WeightsError, load_weights, save_weights
+from q1net.predictor.weights import WeightsError, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(create_model("q1net_baseline", k=4), path, {"tau": 50.0, "recipe": "test"})
-    return path
 
 
 @pytest.fixture(scope="module")
