@@ -207,9 +207,9 @@ def progress(total: int | None, quiet: bool):
 
 def run_to_terminal(predictor, load, names: list[str], style: str, workers: int, options: Options, quiet: bool) -> int:
     """Rows printed in input order as they come; failed inputs named on stderr. Returns how many failed."""
-    text, failed = RowText(style), 0
-    heatmaps = HeatmapNames(options.heatmaps, single=count_items(names) == 1 if options.heatmaps else False)
-    with progress(count_items(names), quiet) as bar:
+    text, failed, total = RowText(style), 0, count_items(names)
+    heatmaps = HeatmapNames(options.heatmaps, single=total == 1)
+    with progress(total, quiet) as bar:
         for _, row in answered(predictor, load, iter_items(names), workers, options, heatmaps):
             bar.update()
             if row.get("error"):
