@@ -25,6 +25,8 @@ table of quality 100 as well as any, as unclipped blocks do.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -54,21 +56,32 @@ def clipped_samples(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 class Declipper(torch.nn.Module):
-    """Each candidate table's unclipped version of (N, 8, 8) luma blocks: (T, N, 64) coefficients, natural order."""
+    """Each candidate table's unclipped version of (N, 8, 8) luma blocks: (T, N, 64) coefficients, natural order.
+
+    Blocks are rows of 64 samples and the 2-D DCT one 64 x 64 matrix (the Kronecker product of the 1-D one), so a
+    round is two large matrix products; a sample's bounds (itself when unclipped, one side when clipped, none when
+    free) are fixed before the rounds."""
 
     def __init__(self, rounds: int = DECLIP_ROUNDS, zeroing_rounds: int = ZEROING_ROUNDS) -> None:
         super().__init__()
         self.rounds, self.zeroing_rounds = rounds, zeroing_rounds
-        self.register_buffer("dct", torch.from_numpy(dct_matrix()), persistent=False)
+        dct = torch.from_numpy(dct_matrix())
+        self.register_buffer("forward_2d", torch.kron(dct, dct).T.contiguous(), persistent=False)  # rows @ it: coefficients
+        self.register_buffer("inverse_2d", torch.kron(dct, dct).contiguous(), persistent=False)
 
     def forward(self, seen: torch.Tensor, high: torch.Tensor, low: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """`seen` luma (N, 8, 8), `high` and `low` from `clipped_samples`, candidate `tables` (T, 64)."""
-        steps = tables.reshape(-1, 1, BLOCK, BLOCK)  # (T, 1, 8, 8)
-        block = seen.expand(len(tables), -1, -1, -1)  # (T, N, 8, 8)
+        steps = tables[:, None, :]  # (T, 1, 64)
+        seen = seen.flatten(1)
+        infinite = torch.full_like(seen, math.inf)
+        floor = torch.where(low.flatten(1), -infinite, seen)  # at 255: at least what is seen; at 0: at most; both: free
+        ceiling = torch.where(high.flatten(1), infinite, seen)
+        block = seen.expand(len(tables), -1, -1)  # (T, N, 64)
         for round_ in range(self.zeroing_rounds + self.rounds):
-            c = self.dct @ block @ self.dct.T
-            zeroed = torch.where(c.abs() < steps / 2, torch.zeros_like(c), c)
-            on_lattice = self.dct.T @ (zeroed if round_ < self.zeroing_rounds else steps * torch.round(c / steps)) @ self.dct
-            one_side = torch.where(high, torch.maximum(seen, on_lattice), torch.minimum(seen, on_lattice))
-            block = torch.where(high & low, on_lattice, torch.where(high | low, one_side, seen))
-        return (self.dct @ block @ self.dct.T).flatten(2)
+            c = block @ self.forward_2d
+            if round_ < self.zeroing_rounds:
+                on_lattice = torch.where(c.abs() < steps / 2, torch.zeros_like(c), c)
+            else:
+                on_lattice = steps * torch.round(c / steps)
+            block = torch.minimum(torch.maximum(on_lattice @ self.inverse_2d, floor), ceiling)
+        return block @ self.forward_2d

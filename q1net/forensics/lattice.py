@@ -160,36 +160,6 @@ def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return torch.log(steps / DC_RANGE) + log_norm + log_sum_exp(terms, dim=0)
 
 
-class Pairs(NamedTuple):
-    """Distinct (frequency, step) pairs of candidate tables (T, 64), split by how their likelihood is computed."""
-
-    dc: tuple[torch.Tensor, torch.Tensor]  # (pair index, step) for DC
-    fine: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (pair index, frequency, step) for AC steps under FINE_STEP
-    coarse: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the other AC pairs: the nearest lattice point only
-    count: int
-    index: torch.Tensor  # (T, 64) each table's pair per frequency
-
-
-def make_pairs(tables: np.ndarray) -> Pairs:
-    frequency = np.broadcast_to(np.arange(64), tables.shape)
-    keys = frequency * (STEP_MAX + 1) + tables
-    unique, inverse = np.unique(keys, return_inverse=True)
-    freq, step = unique // (STEP_MAX + 1), unique % (STEP_MAX + 1)
-    ids = np.arange(len(unique))
-
-    def part(mask: np.ndarray) -> tuple[torch.Tensor, ...]:
-        return torch.from_numpy(ids[mask]), torch.from_numpy(freq[mask]), torch.from_numpy(step[mask].astype(np.float32))
-
-    dc_ids, _, dc_steps = part(freq == 0)
-    return Pairs(
-        (dc_ids, dc_steps),
-        part((freq > 0) & (step < FINE_STEP)),
-        part((freq > 0) & (step >= FINE_STEP)),
-        len(unique),
-        torch.from_numpy(inverse.reshape(tables.shape)),
-    )
-
-
 class LatticeFit(NamedTuple):
     """The verifier's answer, as tensors (scalars are 0-d). Qualities are on the IJG 1..100 scale."""
 
@@ -246,9 +216,9 @@ class LatticeVerifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.declip = Declipper()
-        self.ijg = make_pairs(IJG_LUMA_TABLES)
-        self.all_steps = make_pairs(np.broadcast_to(np.arange(1, STEP_MAX + 1)[:, None], (STEP_MAX, 64)))
         self.register_buffer("tables", torch.from_numpy(IJG_LUMA_TABLES.astype(np.float32)), persistent=False)
+        self.register_buffer("steps", torch.arange(1, STEP_MAX + 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("table_rows", torch.from_numpy(IJG_LUMA_TABLES.astype(np.int64) - 1), persistent=False)  # into steps
 
     @staticmethod
     def weights(c: torch.Tensor, usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,19 +237,22 @@ class LatticeVerifier(nn.Module):
         second = (c**2 * ac[:, None]).sum(dim=-2) / ac.sum().clamp(min=1.0)
         return torch.sqrt(torch.clamp(second - SIGMA**2, min=0.0) / 2).clamp(min=SCALE_FLOOR)
 
-    def pair_log_likelihoods(
-        self, pairs: Pairs, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
+    def step_log_likelihoods(
+        self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
     ) -> torch.Tensor:
-        """(P,) weighted sum over blocks of log p(c | s) for every pair of `pairs`."""
-        total = torch.zeros(pairs.count)
-        dc_ids, dc_steps = pairs.dc
-        dc_ll = log_add_exp(log_lattice_dc(c[:, :1], dc_steps) + LOG_KEEP, log_p0[:, :1] + LOG_EPS)
-        total = total.index_add(0, dc_ids, (dc_ll * dc[:, None]).sum(dim=0))
-        for (ids, freq, steps), shifts in ((pairs.fine, AC_SHIFTS), (pairs.coarse, (0,))):
-            columns = c[:, freq]
-            ll = log_add_exp(log_lattice_ac(columns, steps, scale[freq], shifts) + LOG_KEEP, log_p0[:, freq] + LOG_EPS)
-            total = total.index_add(0, ids, (ll * ac[:, None]).sum(dim=0))
-        return total
+        """(STEP_MAX, 64): the weighted sum over blocks of log p(c | s) for every step 1..STEP_MAX at every frequency,
+        dense: the per-frequency estimate's search, and every IJG table's score gathered from it."""
+        dc_ll = log_add_exp(log_lattice_dc(c[:, :1], self.steps) + LOG_KEEP, log_p0[:, :1] + LOG_EPS)  # (N, STEP_MAX)
+        columns, p0, b = c[:, 1:, None], log_p0[:, 1:, None] + LOG_EPS, scale[1:, None]  # (N, 63, 1)
+        fine, coarse = self.steps[: FINE_STEP - 1], self.steps[FINE_STEP - 1 :]
+        ac_ll = torch.cat(
+            [
+                log_add_exp(log_lattice_ac(columns, fine, b, AC_SHIFTS) + LOG_KEEP, p0),
+                log_add_exp(log_lattice_ac(columns, coarse, b, (0,)) + LOG_KEEP, p0),
+            ],
+            dim=2,
+        )  # (N, 63, STEP_MAX)
+        return torch.cat([(dc_ll * dc[:, None]).sum(dim=0)[:, None], (ac_ll * ac[:, None, None]).sum(dim=0).T], dim=1)
 
     def table_log_likelihoods(
         self, tables: torch.Tensor, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
@@ -299,7 +272,8 @@ class LatticeVerifier(nn.Module):
         log_p0 = log_no_lattice(c, scale)
         top = torch.topk(c[:, 1:].abs().sum(dim=1) * ac + dc * 1e-3, min(DETAIL_BLOCKS, len(c))).indices
         c_top, p0_top, ac_top, dc_top = c[top], log_p0[top], ac[top], dc[top]
-        steps, known, ceiling, estimated_ll = self.estimate(c_top, scale, p0_top, ac_top, dc_top)
+        by_step = self.step_log_likelihoods(c_top, scale, p0_top, ac_top, dc_top)
+        steps, known, ceiling, estimated_ll = self.estimate(by_step, c_top, ac_top, dc_top)
 
         # Clipped blocks, read back to the lattice of each IJG table and of the per-frequency estimate (the last row)
         declipped_all, declipped_evidence = self.declipped_log_ratios(c, clipped, torch.cat([self.tables, steps[None]]))
@@ -314,7 +288,7 @@ class LatticeVerifier(nn.Module):
         # then the SCREEN_TABLES best of them on every block. A table outside those that ties with the screen's best
         # counts as plausible: the range stays honest when more tables tie than were scored in full.
         top_unit = (torch.maximum(ac_top, dc_top).sum() + declipped_evidence).clamp(min=1.0)  # the estimate's blocks
-        unclipped_screen = self.pair_log_likelihoods(self.ijg, c_top, scale, p0_top, ac_top, dc_top)[self.ijg.index].sum(dim=1)
+        unclipped_screen = by_step.gather(0, self.table_rows).sum(dim=1)
         screen = unclipped_screen + declipped
         scored = torch.topk(screen, SCREEN_TABLES).indices
         table = torch.full((len(IJG_QUALITIES),), -math.inf).index_put(
@@ -344,12 +318,17 @@ class LatticeVerifier(nn.Module):
         c_double, p0_double, ac_double = c_top[:DOUBLE_BLOCKS], p0_top[:DOUBLE_BLOCKS], ac_top[:DOUBLE_BLOCKS]
         double_unit = torch.maximum(ac_double, dc_top[:DOUBLE_BLOCKS]).sum()  # the double model reads unclipped blocks only
         best_table = take(self.tables, best)
-        single = best_table.expand_as(self.tables)
+        # One batch of 101 pairs (first, second): row t < best is (table t, best), t > best (best, table t), t = best the
+        # best table alone; the last row the per-frequency estimate alone.
         index = torch.arange(len(IJG_QUALITIES))
-        earlier = torch.where(index < best, self.double_scores(c_double, scale, p0_double, ac_double, self.tables, single), -math.inf)
-        finer = torch.where(index > best, self.double_scores(c_double, scale, p0_double, ac_double, single, self.tables), -math.inf)
-        either = torch.stack([best_table, steps])
-        baseline = self.double_scores(c_double, scale, p0_double, ac_double, either, either).max()
+        before = (index < best)[:, None]
+        first_tables = torch.cat([torch.where(before | (index == best)[:, None], self.tables, best_table), steps[None]])
+        second_tables = torch.cat([torch.where(before, best_table, self.tables), steps[None]])
+        scores = self.double_scores(c_double, scale, p0_double, ac_double, first_tables, second_tables)
+        pair_scores = scores[:-1]
+        earlier = torch.where(index < best, pair_scores, -math.inf)
+        finer = torch.where(index > best, pair_scores, -math.inf)
+        baseline = torch.maximum(take(pair_scores, best), scores[-1])
         by_first = torch.maximum(earlier, torch.where(index == best, finer.max(), -math.inf))  # (100,) over the first coding's quality
         first = torch.argmax(by_first)
         first_score = take(by_first, first)
@@ -393,13 +372,10 @@ class LatticeVerifier(nn.Module):
         ratio = (log_add_exp(lattice + LOG_KEEP, log_p0 + LOG_EPS) - log_p0).sum(dim=2)
         return (ratio * weight).sum(dim=1), weight.sum()
 
-    def estimate(
-        self, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """Per-frequency ML steps over 1..255 (64,), which are known, the most each unknown one can be (inf: no bound),
-        and the total log-likelihood of that table."""
-        pair = self.pair_log_likelihoods(self.all_steps, c, scale, log_p0, ac, dc)
-        by_step = pair[self.all_steps.index]  # (255, 64)
+    @staticmethod
+    def estimate(by_step: torch.Tensor, c: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-frequency ML steps over 1..255 (64,) from `step_log_likelihoods`, which are known, the most each unknown
+        one can be (inf: no bound), and the total log-likelihood of that table."""
         best = torch.argmax(by_step, dim=0)
         steps = (best + 1).float()
         levels = torch.round(c / steps[None, :])
