@@ -5,7 +5,7 @@ qualities), then runs `q1net predict` as a user would and checks what issue #21 
 - the whole folder with `--workers 2 --out all.parquet`: images/s, and the peak memory of
   the process tree when `early` rows were written against at the end (sampled from /proc);
 - the first `killed` files killed with SIGKILL at three random moments and resumed: the rows
-  must equal the uninterrupted run's (0 lost, 0 repeated);
+  must equal the uninterrupted run's, the whole folder's first rows (0 lost, 0 repeated);
 - 10 WebDataset shards of the first `killed` files' bytes with 5 members corrupted: the
   answers must equal the files' rows, and the 5 be error rows;
 - the first `distributed` files on two CPU processes (Lightning, gloo): the same rows.
@@ -144,6 +144,16 @@ def killed_and_resumed(listing: Path, out: Path, reference: list[dict], kills: i
     }
 
 
+def uninterrupted(whole: Path, listing: Path, count: int) -> list[dict]:
+    """The uninterrupted rows of the first `count` files: the whole-folder run's (the folder is read in name order, so
+    they are its first rows), else a run of the listing."""
+    if whole.exists():
+        return list(read_rows(whole))[:count]
+    reference = whole.with_name(f"uninterrupted-{count}.parquet")
+    subprocess.run(predict(listing, "--workers", 2, "--out", reference, "--restart"), capture_output=True)
+    return list(read_rows(reference))
+
+
 def shards_of(files: list[Path], folder: Path, seed: int = 0) -> tuple[str, list[int]]:
     """SHARDS tar shards of the files' bytes, CORRUPT members cut short; returns the brace pattern and the corrupt indices."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--early", type=int, default=2_000, help="rows after which the first memory peak is read")
     parser.add_argument("--killed", type=int, default=5_000, help="files of the kill-and-resume and shard runs")
     parser.add_argument("--distributed", type=int, default=500, help="files of the two-process run")
-    parser.add_argument("--sections", default="distributed,resume,shards,folder")
+    parser.add_argument("--sections", default="distributed,folder,resume,shards")
     args = parser.parse_args(argv)
     out = Path(args.out)
     files = make_files(Path(args.photos), out / "files", args.files)
@@ -232,17 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         listings[count].write_text("".join(f"{path}\n" for path in files[:count]))
     if "distributed" in sections:
         record("distributed", distributed_run(listings[args.distributed], out / "two.parquet", out / "one.parquet"))
+    whole = out / "all.parquet"
+    if "folder" in sections:
+        record("folder", whole_folder(out / "files", whole, args.early))
     if {"resume", "shards"} & set(sections):
-        reference_path = out / "uninterrupted.parquet"
-        subprocess.run(predict(listings[args.killed], "--workers", 2, "--out", reference_path, "--restart"), capture_output=True)
-        reference = list(read_rows(reference_path))
+        reference = uninterrupted(whole, listings[args.killed], args.killed)
     if "resume" in sections:
         record("resume", killed_and_resumed(listings[args.killed], out / "resumed.parquet", reference))
     if "shards" in sections:
         pattern, corrupt = shards_of(files[: args.killed], out / "shards")
         record("shards", shard_run(pattern, out / "shards.parquet", reference, corrupt))
-    if "folder" in sections:
-        record("folder", whole_folder(out / "files", out / "all.parquet", args.early))
     return 0
 
 
