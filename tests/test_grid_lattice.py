@@ -12,7 +12,7 @@ from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
 from q1net.forensics.clipping import clipped_blocks
 from q1net.forensics.dct import PIXEL_MAX
-from q1net.forensics.lattice import TIE_NATS, LatticeFit, log_no_lattice
+from q1net.forensics.lattice import TIE_NATS, LatticeFit, log_no_lattice, same_values
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
 from q1net.nets.q1net import create_model
 from q1net.predictor.program import Q1Program, cut_regions
@@ -104,10 +104,11 @@ def test_screening_gives_the_answer_scoring_every_table_gives(program, scene, co
     _, fit, _, _ = program.locate(regions, rows, cols)
     hook.remove()
     c, usable, clipped = captured["args"]
-    ac, dc = lattice.weights(c.float(), usable)
+    same_ac = same_values(c[:, 1:].float())
+    ac, dc = lattice.weights(c.float(), usable, same_ac)
     scale = lattice.scales(c.float(), ac)
     every = lattice.table_log_likelihoods(lattice.tables, c.float(), scale, log_no_lattice(c.float(), scale), ac, dc)
-    every = every + lattice.declipped_log_ratios(c.float(), clipped, lattice.tables)[0]
+    every = every + lattice.declipped_log_ratios(c.float(), clipped, lattice.tables, same_ac)[0]
     best = int(torch.argmax(every))
     assert int(torch.argmax(fit.tables)) == best
     scored = torch.isfinite(fit.tables)

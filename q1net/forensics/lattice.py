@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from q1net.forensics.clipping import Declipper
-from q1net.forensics.ops import first_true, last_true, log_add_exp, log_sum_exp, take
+from q1net.forensics.ops import first_true, last_true, log_add_exp, log_sum_exp, max_abs_difference, take
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
@@ -194,10 +194,14 @@ def textured(c: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     return usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)
 
 
-def once_per_repeat(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N,) weights of (N, K) `values`: 1 / the number of masked rows within DC_SAME of each masked row, 0 off the mask."""
-    same = ((values[:, None] - values[None]).abs().amax(dim=2) < DC_SAME).float() * mask.float()[None, :]  # (N, N)
-    return mask.float() / same.sum(dim=1).clamp(min=1.0)
+def same_values(values: torch.Tensor) -> torch.Tensor:
+    """(N, N) bool: rows of (N, K) `values` (blocks' coefficients) all within DC_SAME of each other: one observation."""
+    return max_abs_difference(values) < DC_SAME
+
+
+def once_per_repeat(same: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) weights: 1 / the number of masked rows the `same_values` (N, N) matrix pairs with each masked row, 0 off the mask."""
+    return mask.float() / (same.float() * mask.float()[None, :]).sum(dim=1).clamp(min=1.0)
 
 
 class Clipped(NamedTuple):
@@ -221,14 +225,14 @@ class LatticeVerifier(nn.Module):
         self.register_buffer("table_rows", torch.from_numpy(IJG_LUMA_TABLES.astype(np.int64) - 1), persistent=False)  # into steps
 
     @staticmethod
-    def weights(c: torch.Tensor, usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) AC weights (usable and not flat, one over the count of such blocks with the same AC coefficients) and DC
-        weights (usable, one over the count of usable blocks with the same DC).
+    def weights(c: torch.Tensor, usable: torch.Tensor, same_ac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) AC weights (usable and not flat, one over the count of such blocks with the same AC coefficients,
+        `same_ac` = same_values(c[:, 1:])) and DC weights (usable, one over the count of usable blocks with the same DC).
 
         Repeated blocks are one observation: the edge of a drawn rectangle repeats the same coefficients block after
         block, and any step that divides them would fit them all.
         """
-        return once_per_repeat(c[:, 1:], textured(c, usable)), once_per_repeat(c[:, :1], usable)
+        return once_per_repeat(same_ac, textured(c, usable)), once_per_repeat(same_values(c[:, :1]), usable)
 
     @staticmethod
     def scales(c: torch.Tensor, ac: torch.Tensor) -> torch.Tensor:
@@ -267,7 +271,8 @@ class LatticeVerifier(nn.Module):
 
     def forward(self, c: torch.Tensor, usable: torch.Tensor, clipped: Clipped) -> LatticeFit:
         c = c.float()
-        ac, dc = self.weights(c, usable)
+        same_ac = same_values(c[:, 1:])
+        ac, dc = self.weights(c, usable, same_ac)
         scale = self.scales(c, ac)
         log_p0 = log_no_lattice(c, scale)
         top = torch.topk(c[:, 1:].abs().sum(dim=1) * ac + dc * 1e-3, min(DETAIL_BLOCKS, len(c))).indices
@@ -276,7 +281,7 @@ class LatticeVerifier(nn.Module):
         steps, known, ceiling, estimated_ll = self.estimate(by_step, c_top, ac_top, dc_top)
 
         # Clipped blocks, read back to the lattice of each IJG table and of the per-frequency estimate (the last row)
-        declipped_all, declipped_evidence = self.declipped_log_ratios(c, clipped, torch.cat([self.tables, steps[None]]))
+        declipped_all, declipped_evidence = self.declipped_log_ratios(c, clipped, torch.cat([self.tables, steps[None]]), same_ac)
         declipped, declipped_estimate = declipped_all[:-1], declipped_all[-1]
         # a textured block counts once; flat ones by their share of a DC value; clipped ones as read by the declipper
         evidence = torch.maximum(ac, dc).sum() + declipped_evidence
@@ -354,7 +359,9 @@ class LatticeVerifier(nn.Module):
             double_gain=double_gain.clamp(min=0.0),
         )
 
-    def declipped_log_ratios(self, c: torch.Tensor, clipped: Clipped, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def declipped_log_ratios(
+        self, c: torch.Tensor, clipped: Clipped, tables: torch.Tensor, same_ac: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(T,) each of `tables`' (T, 64) AC log-likelihood ratio over "no lattice" on its own unclipped version of the
         DECLIP_BLOCKS most textured clipped blocks (q1net.forensics.clipping), and the evidence those blocks hold.
 
@@ -362,7 +369,7 @@ class LatticeVerifier(nn.Module):
         at all). Free samples let any table fit, and the coarsest fit best: a gradient to pure red is all free.
         """
         seen_share = 1 - (clipped.high | clipped.low).flatten(1).float().mean(dim=1)
-        weight = once_per_repeat(c[:, 1:], textured(c, clipped.usable) & (seen_share >= DECLIP_MIN_SEEN)) * seen_share
+        weight = once_per_repeat(same_ac, textured(c, clipped.usable) & (seen_share >= DECLIP_MIN_SEEN)) * seen_share
         top = torch.topk(c[:, 1:].abs().sum(dim=1) * weight, min(DECLIP_BLOCKS, len(c))).indices
         weight = weight[top]
         coefficients = self.declip(clipped.seen[top], clipped.high[top], clipped.low[top], tables)  # (T, B, 64)

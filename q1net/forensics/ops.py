@@ -36,3 +36,13 @@ def log_sum_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """log sum exp over `dim` without overflow (finite inputs), spelled out like log_add_exp."""
     high = x.amax(dim=dim, keepdim=True)
     return (high + torch.log(torch.exp(x - high).sum(dim=dim, keepdim=True))).squeeze(dim)
+
+
+def max_abs_difference(values: torch.Tensor) -> torch.Tensor:
+    """(N, N) largest |difference| between the rows of (N, K) `values`, a column at a time: the (N, N) running maximum
+    stays in the cache, where the (N, N, K) differences at once would not (7x slower on 256 x 63)."""
+    columns = values.T.contiguous()
+    largest = (columns[0][:, None] - columns[0][None, :]).abs()
+    for column in columns[1:]:
+        largest = torch.maximum(largest, (column[:, None] - column[None, :]).abs())
+    return largest
