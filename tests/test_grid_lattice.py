@@ -242,6 +242,17 @@ def test_hybrid_rule():
     assert answer(vote_of(70.0), fit_of(40), method="lattice")[:4] == (40.0, 40.0, 40.0, 1.0)
 
 
+def test_an_undetermined_answer_spans_every_reading():
+    """Issue #13's gradients: a range too wide to determine covers the lattice's plausible set and the CNN's voters."""
+    # a strong lattice too wide to determine, the voters below it (a gradient coded at 1, the lattice reading 6..23)
+    assert answer(vote_of(2.0, 1.0, 3.0), fit_of(10, plausible=tuple(range(6, 24)))) == (6.0, 1.0, 23.0, 1.0, False, False)
+    # a weak lattice, voters too spread to determine: the lattice's plausible set reaches the truth beyond them
+    weak = fit_of(99, strength=0.1, plausible=tuple(range(85, 101)))
+    assert answer(vote_of(92.0, 86.0, 98.0), weak) == (92.0, 85.0, 100.0, 0.0, False, False)
+    # a determined answer keeps its own range
+    assert answer(vote_of(41.3), fit_of(40, strength=0.1, plausible=tuple(range(30, 60))))[1:3] == (40.3, 42.3)
+
+
 def test_recompressed_jpeg_file_is_flagged(scene, tmp_path):
     from q1net import Predictor
 

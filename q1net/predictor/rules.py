@@ -22,7 +22,10 @@ the kept qualities. Here, as well:
   sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's. Then the
   first, lower quality answers;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
-  and without a found grid the range is the whole scale (the blocks were read on a guess).
+  and without a found grid the range is the whole scale (the blocks were read on a guess);
+- an undetermined answer of one coding spans every reading: the CNN voters' range and the
+  lattice's plausible set (issue #13: gradients coded at 1 that a lattice read at 6..23, and
+  at 85..100 whose voters stopped at 98). A determined answer's range is left as it is.
 An answer is `determined` when it rests on usable evidence and its range spans at most
 DETERMINED_WIDTH levels. The median and percentiles come from `topk` over the whole vector,
 which sorts it; nothing here needs sort, median or a data-dependent shape.
@@ -194,6 +197,11 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
     determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~strong & cnn_determined)
+    # undetermined and coded once: the range spans every reading, the lattice's plausible set and the CNN's voters
+    span = ~determined & ~recompressed
+    lattice_read = fit.found & grid_found
+    low = torch.where(span, torch.minimum(low, torch.where(lattice_read, torch.minimum(cnn.low, fit.quality_low), cnn.low)), low)
+    high = torch.where(span, torch.maximum(high, torch.where(lattice_read, torch.maximum(cnn.high, fit.quality_high), cnn.high)), high)
     # no grid found: blocks read on an assumed grid say nothing about the range; any quality is possible
     low = torch.where(grid_found, low, torch.full_like(low, QUALITY_MIN))
     high = torch.where(grid_found, high, torch.full_like(high, QUALITY_MAX))
