@@ -79,9 +79,7 @@ class Declipper(torch.nn.Module):
         block = seen.expand(len(tables), -1, -1)  # (T, N, 64)
         for round_ in range(self.zeroing_rounds + self.rounds):
             c = block @ self.forward_2d
-            if round_ < self.zeroing_rounds:
-                on_lattice = torch.where(c.abs() < steps / 2, torch.zeros_like(c), c)
-            else:
-                on_lattice = steps * torch.round(c / steps)
+            zeroing = round_ < self.zeroing_rounds
+            on_lattice = torch.where(c.abs() < steps / 2, 0.0, c) if zeroing else steps * torch.round(c / steps)
             block = torch.minimum(torch.maximum(on_lattice @ self.inverse_2d, floor), ceiling)
         return block @ self.forward_2d

@@ -131,9 +131,7 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     z_minus = (sigma**2 / scale - c) / (sigma * math.sqrt(2))
     z_plus = (sigma**2 / scale + c) / (sigma * math.sqrt(2))
     log_p0 = gauss_log + log_add_exp(log_term(z_minus), log_term(z_plus)) - torch.log(4 * scale)
-    dc = torch.zeros_like(log_p0)
-    dc[..., 0] = 1.0
-    return torch.where(dc > 0, torch.full_like(log_p0, -math.log(DC_RANGE)), log_p0)
+    return torch.cat([torch.full_like(log_p0[..., :1], -math.log(DC_RANGE)), log_p0[..., 1:]], dim=-1)
 
 
 def log_lattice_ac(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
