@@ -1,10 +1,12 @@
 """The benchmark's pieces run and its report is complete; no timing is asserted (that is what `make bench` is for)."""
 
 import numpy as np
+import pytest
 
 from q1net.predictor.engines import make_engine
 from q1net.predictor.inference import Predictor
 from q1net.tools.bench import ENGINES, markdown, paired_ratio, ratios, stage_times, timed, timed_in_turn
+from q1net.tools.program_profile import markdown_lines, program_section
 
 
 def test_stage_times_cover_every_stage(photo):
@@ -30,6 +32,15 @@ def fake_results() -> dict:
         ],
         "training": {"data_one_stream": 3000.0, "data_workers": 2, "data_all_workers": 6000.0, "train_step": 1500.0},
         "peak_mb": {"latency": 800.0, "training": 700.0},
+        "program": {
+            "regions": 256,
+            "patches": 256,
+            "engine": "onnxruntime",
+            "eager": {"seconds": 0.2, "top": [{"operator": "aten::exp", "ms": 40.0, "calls": 28}]},
+            "onnxruntime": {"seconds": 0.15, "top": [{"operator": "Conv", "ms": 38.0}]},
+            "xnnpack": {"whole_seconds": 0.14, "network_seconds": 0.028, "whole_over_network": 5.0},
+            "vulkan": {"delegates": 1, "delegated_operators": 40, "portable_operators": 700, "portable_by_type": {"aten_exp_default": 30}},
+        },
     }
 
 
@@ -48,6 +59,8 @@ def test_ratios_and_table():
         and "| 1 | 12 | 6.0 | 2.0 | 2.00 | 2.75 | 900 |" in table
     )
     assert table.count("| predict_overhead_over_decode |") == 1
+    assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
+    assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "40 operators in 1 delegate(s), 700 on the portable" in table
 
 
 def test_functions_take_turns_and_ratios_pair_rounds():
@@ -55,3 +68,16 @@ def test_functions_take_turns_and_ratios_pair_rounds():
     times = timed_in_turn({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
     assert calls == ["a", "a", "b", "b"] * 3 and all(len(series) == 3 for series in times.values())  # an untimed call, a timed one
     assert paired_ratio([2.0, 9.0, 4.0], [1.0, 3.0, 1.0]) == 3.0  # the median of 2, 3, 4: drift between rounds cancels
+
+
+@pytest.mark.slow
+def test_program_section_profiles_every_form(photo, tmp_path):
+    """Eager and ONNX Runtime top operators, XNNPACK whole against the network alone, the Vulkan partition."""
+    section = program_section(str(tmp_path), photo, repeats=1)["program"]
+    assert section["regions"] == 256 and section["patches"] == 256
+    assert section["eager"]["top"] and section["onnxruntime"]["top"]
+    assert section["xnnpack"]["whole_seconds"] > 0 and section["xnnpack"]["network_seconds"] > 0
+    vulkan = section["vulkan"]
+    assert vulkan["delegates"] >= 1 and vulkan["delegated_operators"] > 0
+    assert vulkan["portable_operators"] == sum(vulkan["portable_by_type"].values())
+    assert "ONNX Runtime operator type" in "\n".join(markdown_lines(section))

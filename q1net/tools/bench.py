@@ -5,6 +5,9 @@ Sections (each in its own fresh process, so its peak memory is its own):
   detection, block sampling, network (PyTorch eager, ONNX Runtime, ExecuTorch
   XNNPACK), post-processing and the lattice verifier, at 16 x 16 blocks;
 - blocks: Table 4's sweep (4..24 blocks per side) on the 2 MP image;
+- program: the whole-predictor program on the 2 MP image's regions, eager and exported (ONNX Runtime,
+  ExecuTorch XNNPACK against the network alone, the Vulkan program's partition), with its top
+  operators (q1net.tools.program_profile);
 - throughput: `q1net predict` on a folder, 1 and N worker processes;
 - training: patches/s of the DataModule (one worker in process, and N
   DataLoader workers) against the training step's patches/s.
@@ -298,7 +301,8 @@ def ratios(results: dict) -> dict:
 
     The predictor's overhead is given for the default hybrid and for `--method cnn`;
     the verifier is the lattice fit (coefficients and scoring), what the hybrid adds:
-    grid detection serves both methods.
+    grid detection serves both methods. Issue #20's: the whole program on the faster of
+    eager and ONNX Runtime, and the XNNPACK whole program over the network-only one.
     """
     row = next(r for r in results["latency"] if r["size"] == "2MP" and r["file"] == "png")
     network = min(row[f"network_{name}"] for name in ENGINES)
@@ -311,6 +315,8 @@ def ratios(results: dict) -> dict:
         "dataloader_over_train_step": training["data_all_workers"] / training["train_step"],
         "onnxruntime_speedup_over_eager": sweep["onnxruntime_speedup"],
         "verifier_over_network": row["lattice"] / network,
+        "program_ms": 1000 * min(results["program"]["eager"]["seconds"], results["program"]["onnxruntime"]["seconds"]),
+        "xnnpack_program_over_network": results["program"]["xnnpack"]["whole_over_network"],
     }
 
 
@@ -320,6 +326,8 @@ TARGETS = {
     "dataloader_over_train_step": ">= 3",
     "onnxruntime_speedup_over_eager": ">= 1.5",
     "verifier_over_network": "<= 1",
+    "program_ms": "<= 30",
+    "xnnpack_program_over_network": "<= 1.5",
 }
 
 
@@ -329,6 +337,8 @@ def table_head(caption: str, columns: list[str]) -> list[str]:
 
 
 def markdown(results: dict) -> str:
+    from q1net.tools.program_profile import markdown_lines as program_markdown
+
     m, ms = results["machine"], 1000.0
     lines = [
         f"q1net bench, {m['date']}: {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
@@ -348,6 +358,7 @@ def markdown(results: dict) -> str:
     for r in results["blocks"]:
         cells = [r["sampling"], *(r[f"network_{e}"] for e in ENGINES)]
         lines.append(f"| {r['blocks']} | {r['patches']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
+    lines += program_markdown(results["program"])
     lines += table_head(
         "`q1net predict` on a folder of 2 MP PNGs (start: the same command on one image; "
         "once started: the other images over the time beyond the start):",
@@ -372,12 +383,15 @@ def markdown(results: dict) -> str:
 
 def run_bench(out: Path, workers: int | None = None) -> dict:
     """All sections; writes OUT/results.json and OUT/results.md and returns the results."""
+    from q1net.tools.program_profile import program_section
+
     workers = workers or os.cpu_count() or 1
     results: dict = {"machine": machine(), "peak_mb": {}}
     with tempfile.TemporaryDirectory() as scratch:
         latency = in_fresh_process(latency_section, scratch)
         results |= {"latency": latency["latency"], "blocks": latency["blocks"]}
         results["peak_mb"]["latency"] = latency["peak_mb"]
+        results |= in_fresh_process(program_section, scratch, photo(*SIZES["2MP"]))
         results |= in_fresh_process(throughput_section, scratch, workers)
     training = in_fresh_process(training_section, workers)
     results["training"], results["peak_mb"]["training"] = training["training"], training["peak_mb"]
