@@ -199,9 +199,11 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~strong & cnn_determined)
     # undetermined and coded once: the range spans every reading, the lattice's plausible set and the CNN's voters
     span = ~determined & ~recompressed
-    lattice_read = fit.found & grid_found
-    low = torch.where(span, torch.minimum(low, torch.where(lattice_read, torch.minimum(cnn.low, fit.quality_low), cnn.low)), low)
-    high = torch.where(span, torch.maximum(high, torch.where(lattice_read, torch.maximum(cnn.high, fit.quality_high), cnn.high)), high)
+    lattice_read = fit.found & grid_found  # else the lattice's set says nothing: the voters' range alone
+    reading_low = torch.minimum(cnn.low, torch.where(lattice_read, fit.quality_low, cnn.low))
+    reading_high = torch.maximum(cnn.high, torch.where(lattice_read, fit.quality_high, cnn.high))
+    low = torch.where(span, torch.minimum(low, reading_low), low)
+    high = torch.where(span, torch.maximum(high, reading_high), high)
     # no grid found: blocks read on an assumed grid say nothing about the range; any quality is possible
     low = torch.where(grid_found, low, torch.full_like(low, QUALITY_MIN))
     high = torch.where(grid_found, high, torch.full_like(high, QUALITY_MAX))
