@@ -76,10 +76,9 @@ class Declipper(torch.nn.Module):
         infinite = torch.full_like(seen, math.inf)
         floor = torch.where(low.flatten(1), -infinite, seen)  # at 255: at least what is seen; at 0: at most; both: free
         ceiling = torch.where(high.flatten(1), infinite, seen)
-        block = seen.expand(len(tables), -1, -1)  # (T, N, 64)
+        block, half = seen.expand(len(tables), -1, -1), steps / 2  # (T, N, 64)
         for round_ in range(self.zeroing_rounds + self.rounds):
             c = block @ self.forward_2d
-            zeroing = round_ < self.zeroing_rounds
-            on_lattice = torch.where(c.abs() < steps / 2, 0.0, c) if zeroing else steps * torch.round(c / steps)
-            block = torch.minimum(torch.maximum(on_lattice @ self.inverse_2d, floor), ceiling)
+            on_lattice = c.masked_fill_(c.abs() < half, 0.0) if round_ < self.zeroing_rounds else c.div_(steps).round_().mul_(steps)
+            block = (on_lattice @ self.inverse_2d).clamp_(floor, ceiling)
         return block @ self.forward_2d

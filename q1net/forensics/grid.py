@@ -73,8 +73,9 @@ class GridDetector(nn.Module):
     def forward(self, luma: torch.Tensor, weight: torch.Tensor) -> tuple[GridPhase, torch.Tensor]:
         """The phase, and the (R, 64, 8, 8) coefficients of each region's first block at every phase (the lattice reads them)."""
         coefficients = self.coefficients(luma)
+        first_blocks = coefficients[:, :, :BLOCK, :BLOCK].clone()  # kept: the cosine below runs in place
         regions = coefficients.shape[0]
-        integer_like = torch.cos(2 * math.pi * coefficients).mean(dim=1)  # (R, 16, 16)
+        integer_like = coefficients.mul_(2 * math.pi).cos_().mean(dim=1)  # (R, 16, 16)
         per_region = integer_like.reshape(regions, 2, BLOCK, 2, BLOCK).mean(dim=(1, 3))  # (R, 8, 8): the four blocks of a phase
         count = weight.sum().clamp(min=1.0)
         scores = (per_region * weight[:, None, None]).sum(dim=0).flatten() / count  # (64,)
@@ -88,7 +89,7 @@ class GridDetector(nn.Module):
         blocky = ~sure & (blocky_z >= BLOCKY_Z)
         dy = torch.where(blocky, rows[0], best // BLOCK)
         dx = torch.where(blocky, columns[0], best % BLOCK)
-        return GridPhase(dy, dx, z, sure, blocky_z), coefficients[:, :, :BLOCK, :BLOCK]
+        return GridPhase(dy, dx, z, sure, blocky_z), first_blocks
 
     def blockiness(self, steps: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Best border phase of (R, side - 1) mean luma steps, and its lead in standard errors of the per-region leads."""

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from q1net.forensics.clipping import Declipper
-from q1net.forensics.ops import first_true, last_true, log_add_exp, log_sum_exp, max_abs_difference, take
+from q1net.forensics.ops import exp_, first_true, last_true, log_add_exp, log_sum_exp, max_abs_difference, take
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
@@ -94,24 +94,21 @@ SCREEN_TABLES = 12  # tables scored on every block after the screen
 DECLIP_BLOCKS = 32  # the most textured clipped blocks, read back to each table's lattice (q1net.forensics.clipping)
 DECLIP_MIN_SEEN = 0.25  # share of a clipped block's samples that must be seen unclipped for it to count
 LOG_EPS, LOG_KEEP = math.log(OUTLIER_SHARE), math.log(1 - OUTLIER_SHARE)
+# From this DC step on, the lattice points beyond the nearest either side weigh under 2^-32 of the nearest (at least
+# 1.5 steps away against half a step): below float32's resolution, so three points give every bit of the full sum.
+DC_NEAR_STEP = math.ceil(SIGMA_DC * math.sqrt(32 * math.log(2)))
+NEAR_SHIFTS = (-1, 0, 1)
+# Numerical Recipes' erfcc: log(erfcx(z)) = log(t) + sum_i ERFCC[i] t^i, t = 1 / (1 + z / 2)
+ERFCC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
 
 
 def log_erfcx(z: torch.Tensor) -> torch.Tensor:
     """log(exp(z^2) erfc(z)) for z >= 0, by Numerical Recipes' erfcc (relative error under 1.2e-7): no erfc operator needed."""
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (
-        1.00002368
-        + t
-        * (
-            0.37409196
-            + t
-            * (
-                0.09678418
-                + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))
-            )
-        )
-    )
-    return torch.log(t) + poly
+    poly = t * ERFCC[-1]
+    for coefficient in ERFCC[-2:0:-1]:  # Horner's rule, innermost first
+        poly.add_(coefficient).mul_(t)
+    return torch.log(t).add_(poly.add_(ERFCC[0]))
 
 
 def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -125,36 +122,39 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
     def log_term(z: torch.Tensor) -> torch.Tensor:
         positive = log_erfcx(z.abs())
-        negative = z**2 + torch.log(2 - torch.exp(positive - z**2))  # exp(-z^2) erfcx(|z|) = erfc(|z|), in (0, 1]
+        squared = z.square()
+        negative = exp_(positive - squared).neg_().add_(2).log_().add_(squared)  # exp(-z^2) erfcx(|z|) = erfc(|z|), in (0, 1]
         return torch.where(z >= 0, positive, negative)
 
     z_minus = (sigma**2 / scale - c) / (sigma * math.sqrt(2))
     z_plus = (sigma**2 / scale + c) / (sigma * math.sqrt(2))
-    log_p0 = gauss_log + log_add_exp(log_term(z_minus), log_term(z_plus)) - torch.log(4 * scale)
+    log_p0 = log_add_exp(log_term(z_minus), log_term(z_plus)).add_(gauss_log).sub_(torch.log(4 * scale))
     return torch.cat([torch.full_like(log_p0[..., :1], -math.log(DC_RANGE)), log_p0[..., 1:]], dim=-1)
 
 
 def log_lattice_ac(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
     """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s); (N, P) for pairs (P,)."""
-    nearest = torch.round(c / steps)
+    nearest = (c / steps).round_()
     ratio = steps / scale
     log_zero_bin = torch.log(-torch.expm1(-ratio / 2))
     log_bin_width = math.log(0.5) + torch.log(-torch.expm1(-ratio))  # a Laplacian's mass in bin k != 0, times exp((|k| - 1/2) s / b)
     log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
     terms = []
     for shift in shifts:
-        level = nearest + shift
+        level = nearest + shift if shift else nearest
         size = level.abs()
-        log_prior = torch.where(size == 0, log_zero_bin, log_bin_width - (size - 0.5) * ratio)
-        terms.append(log_prior + log_norm - 0.5 * ((c - steps * level) / SIGMA) ** 2)
+        log_prior = torch.where(size == 0, log_zero_bin, (size - 0.5).mul_(ratio).neg_().add_(log_bin_width))
+        squared = (steps * level).neg_().add_(c).div_(SIGMA).square_().mul_(0.5)  # ((c - s k) / sigma)^2 / 2
+        terms.append(log_prior.add_(log_norm).sub_(squared))
     return terms[0] if len(terms) == 1 else log_sum_exp(torch.stack(terms), dim=0)
 
 
-def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """log (s / DC_RANGE) sum_k N(c - s k; SIGMA_DC): DC levels are uniform a priori; (N, P) for (N, 1) DC and steps (P,)."""
+def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor, shifts: tuple[int, ...] = DC_SHIFTS) -> torch.Tensor:
+    """log (s / DC_RANGE) sum_k N(c - s k; SIGMA_DC): DC levels are uniform a priori; (N, P) for (N, 1) DC and steps (P,).
+    The sum runs over the lattice points `shifts` away from the nearest (NEAR_SHIFTS from DC_NEAR_STEP on)."""
     nearest = torch.round(c / steps)
     log_norm = -math.log(SIGMA_DC * math.sqrt(2 * math.pi))
-    terms = torch.stack([-0.5 * ((c - steps * (nearest + shift)) / SIGMA_DC) ** 2 for shift in DC_SHIFTS])
+    terms = torch.stack([-0.5 * ((c - steps * (nearest + shift)) / SIGMA_DC) ** 2 for shift in shifts])
     return torch.log(steps / DC_RANGE) + log_norm + log_sum_exp(terms, dim=0)
 
 
@@ -244,17 +244,25 @@ class LatticeVerifier(nn.Module):
     ) -> torch.Tensor:
         """(STEP_MAX, 64): the weighted sum over blocks of log p(c | s) for every step 1..STEP_MAX at every frequency,
         dense: the per-frequency estimate's search, and every IJG table's score gathered from it."""
-        dc_ll = log_add_exp(log_lattice_dc(c[:, :1], self.steps) + LOG_KEEP, log_p0[:, :1] + LOG_EPS)  # (N, STEP_MAX)
+        dc_column, dc_p0 = c[:, :1], log_p0[:, :1] + LOG_EPS
+        small, large = self.steps[: DC_NEAR_STEP - 1], self.steps[DC_NEAR_STEP - 1 :]
+        dc_ll = torch.cat(
+            [
+                log_add_exp(log_lattice_dc(dc_column, small).add_(LOG_KEEP), dc_p0),
+                log_add_exp(log_lattice_dc(dc_column, large, NEAR_SHIFTS).add_(LOG_KEEP), dc_p0),
+            ],
+            dim=1,
+        )  # (N, STEP_MAX)
         columns, p0, b = c[:, 1:, None], log_p0[:, 1:, None] + LOG_EPS, scale[1:, None]  # (N, 63, 1)
         fine, coarse = self.steps[: FINE_STEP - 1], self.steps[FINE_STEP - 1 :]
         ac_ll = torch.cat(
             [
-                log_add_exp(log_lattice_ac(columns, fine, b, AC_SHIFTS) + LOG_KEEP, p0),
-                log_add_exp(log_lattice_ac(columns, coarse, b, (0,)) + LOG_KEEP, p0),
+                log_add_exp(log_lattice_ac(columns, fine, b, AC_SHIFTS).add_(LOG_KEEP), p0),
+                log_add_exp(log_lattice_ac(columns, coarse, b, (0,)).add_(LOG_KEEP), p0),
             ],
             dim=2,
         )  # (N, 63, STEP_MAX)
-        return torch.cat([(dc_ll * dc[:, None]).sum(dim=0)[:, None], (ac_ll * ac[:, None, None]).sum(dim=0).T], dim=1)
+        return torch.cat([(dc_ll * dc[:, None]).sum(dim=0)[:, None], ac_ll.mul_(ac[:, None, None]).sum(dim=0).T], dim=1)
 
     def table_log_likelihoods(
         self, tables: torch.Tensor, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
@@ -263,7 +271,7 @@ class LatticeVerifier(nn.Module):
         steps = tables[None]  # (1, T, 64)
         coefficient = c[:, None, :]  # (N, 1, 64)
         ac_ll = log_lattice_ac(coefficient[..., 1:], steps[..., 1:], scale[None, None, 1:], AC_SHIFTS)
-        ac_ll = log_add_exp(ac_ll + LOG_KEEP, log_p0[:, None, 1:] + LOG_EPS)  # (N, T, 63)
+        ac_ll = log_add_exp(ac_ll.add_(LOG_KEEP), log_p0[:, None, 1:] + LOG_EPS)  # (N, T, 63)
         dc_ll = log_add_exp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
         return (ac_ll.sum(dim=2) * ac[:, None]).sum(dim=0) + (dc_ll * dc[:, None]).sum(dim=0)
 
@@ -374,7 +382,7 @@ class LatticeVerifier(nn.Module):
         scale = self.scales(c[top], weight)
         log_p0 = log_no_lattice(coefficients, scale)[..., 1:]
         lattice = log_lattice_ac(coefficients[..., 1:], tables[:, None, 1:], scale[1:], AC_SHIFTS)
-        ratio = (log_add_exp(lattice + LOG_KEEP, log_p0 + LOG_EPS) - log_p0).sum(dim=2)
+        ratio = log_add_exp(lattice.add_(LOG_KEEP), log_p0 + LOG_EPS).sub_(log_p0).sum(dim=2)
         return (ratio * weight).sum(dim=1), weight.sum()
 
     @staticmethod
@@ -404,13 +412,13 @@ class LatticeVerifier(nn.Module):
         s1, s2 = first[:, 1:, None, None], second[:, 1:, None, None]  # (T, 63, 1, 1)
         coefficient, b = c[:, 1:].T[None, :, :, None], scale[1:][None, :, None, None]  # (1, 63, N, 1)
         level = torch.round(coefficient / s1) + torch.tensor(DOUBLE_LEVELS, dtype=torch.float32)  # (100, 63, N, L)
-        landed = s2 * torch.round(s1 * level / s2)
+        landed = (s1 * level).div_(s2).round_().mul_(s2)  # s2 * round(s1 j / s2)
         ratio = s1 / b
         size = level.abs()
-        log_prior = torch.where(
-            size == 0, torch.log(-torch.expm1(-ratio / 2)), math.log(0.5) + torch.log(-torch.expm1(-ratio)) - (size - 0.5) * ratio
-        )
+        log_bin_width = math.log(0.5) + torch.log(-torch.expm1(-ratio))
+        log_prior = torch.where(size == 0, torch.log(-torch.expm1(-ratio / 2)), (size - 0.5).mul_(ratio).neg_().add_(log_bin_width))
         log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
-        lattice = log_sum_exp(log_prior + log_norm - 0.5 * ((coefficient - landed) / SIGMA) ** 2, dim=3)  # (100, 63, N)
-        ll = log_add_exp(lattice + LOG_KEEP, log_p0[:, 1:].T[None] + LOG_EPS)
+        squared = landed.neg_().add_(coefficient).div_(SIGMA).square_().mul_(0.5)
+        lattice = log_sum_exp(log_prior.add_(log_norm).sub_(squared), dim=3)  # (100, 63, N)
+        ll = log_add_exp(lattice.add_(LOG_KEEP), log_p0[:, 1:].T[None] + LOG_EPS)
         return (ll * ac[None, None, :]).sum(dim=(1, 2))

@@ -3,6 +3,11 @@
 Indexing by a computed 0-d tensor (`table[best]`) makes torch.export read the index as a
 Python number, which ExecuTorch cannot lower; `take` gathers instead. ONNX Runtime has no
 Where on booleans, and an exported logaddexp may be expanded as written and overflow.
+
+Chains of element-wise steps on large intermediates run in place (`exp_`, `add_`, ...): the
+values are the same bit for bit, and eager torch then neither allocates nor first-touches a
+fresh buffer a step (log_add_exp on 1 M values: 5.6 -> 3.1 ms here). The exporters turn them
+back into plain operators.
 """
 
 from __future__ import annotations
@@ -26,16 +31,25 @@ def last_true(mask: torch.Tensor) -> torch.Tensor:
     return torch.argmax(mask.float() * order, dim=-1)
 
 
+EXP_FLOOR = -87.0  # e^-87 = 1.6e-38, just above the smallest normal float32: exp of less is denormal or 0
+
+
+def exp_(x: torch.Tensor) -> torch.Tensor:
+    """exp in place, arguments under EXP_FLOOR taken as EXP_FLOOR. Every sum here holds a term of 1 or adds to a
+    finite log, next to which e^-87 is as good as 0; torch's vectorised exp takes a slow path for such arguments
+    (611 K values of -600 and less: 7.5 ms, against 0.9 ms floored)."""
+    return x.clamp_(min=EXP_FLOOR).exp_()
+
+
 def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(exp(a) + exp(b)) without overflow, spelled out."""
-    high = torch.maximum(a, b)
-    return high + torch.log1p(torch.exp(-(a - b).abs()))
+    return torch.maximum(a, b).add_(exp_((a - b).abs_().neg_()).log1p_())
 
 
 def log_sum_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """log sum exp over `dim` without overflow (finite inputs), spelled out like log_add_exp."""
     high = x.amax(dim=dim, keepdim=True)
-    return (high + torch.log(torch.exp(x - high).sum(dim=dim, keepdim=True))).squeeze(dim)
+    return exp_(x - high).sum(dim=dim, keepdim=True).log_().add_(high).squeeze(dim)
 
 
 def max_abs_difference(values: torch.Tensor) -> torch.Tensor:
