@@ -154,7 +154,8 @@ def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor, shifts: tuple[int, ...]
     The sum runs over the lattice points `shifts` away from the nearest (NEAR_SHIFTS from DC_NEAR_STEP on)."""
     nearest = torch.round(c / steps)
     log_norm = -math.log(SIGMA_DC * math.sqrt(2 * math.pi))
-    terms = torch.stack([-0.5 * ((c - steps * (nearest + shift)) / SIGMA_DC) ** 2 for shift in shifts])
+    levels = nearest + torch.tensor(shifts, dtype=nearest.dtype).reshape(-1, *[1] * nearest.dim())  # (K, N, P)
+    terms = (steps * levels).neg_().add_(c).div_(SIGMA_DC).square_().mul_(-0.5)  # -((c - s k) / sigma)^2 / 2
     return torch.log(steps / DC_RANGE) + log_norm + log_sum_exp(terms, dim=0)
 
 
