@@ -238,6 +238,9 @@ def test_hybrid_rule():
     other = fit_of(76, ijg=False, plausible=(75, 76, 77))
     # another encoder's table: its equivalent, no flag; the range reaches the CNN's reading (unknown steps)
     assert answer(vote_of(70.0), other)[:5] == (76.0, 70.0, 77.0, 1.0, False)
+    # nor when the CNN reads it far lower: finer high frequencies than IJG's read low by themselves (test photos with
+    # flatter camera-like tables were flagged 4 times in 612 by that rule); the double model is the evidence there
+    assert answer(vote_of(low), fit_of(90, ijg=False, plausible=(89, 90, 91)))[4] is False
     assert answer(vote_of(41.3), fit_of(40), method="cnn")[:4] == (41.3, 40.3, 42.3, 0.0)
     assert answer(vote_of(70.0), fit_of(40), method="lattice")[:4] == (40.0, 40.0, 40.0, 1.0)
 
@@ -274,3 +277,25 @@ def test_lattice_confirms_a_phase_the_detector_is_unsure_of(program, scene):
     assert not bool(phase.sure) and (int(phase.dy), int(phase.dx)) == (5, 3) and found
     result = Predictor.from_pretrained().predict(decoded)
     assert result.grid == (5, 3) and result.grid_sure and result.quality == 60 and result.method == "lattice"
+
+
+def test_the_in_place_log_sums_match_torch_and_leave_their_inputs_alone():
+    """The likelihood chains run in place with exp's argument floored (q1net.forensics.ops): the sums must equal torch's
+    own, also where terms lie hundreds of nats apart or at -inf, and no caller's tensor may change."""
+    from q1net.forensics.lattice import DC_NEAR_STEP, DC_SHIFTS, NEAR_SHIFTS, log_lattice_ac, log_lattice_dc
+    from q1net.forensics.ops import log_add_exp, log_sum_exp
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 63, 40, generator=generator) * 300
+    b = torch.cat([torch.full((1, 63, 1), -torch.inf), torch.randn(63, 63, 1, generator=generator) * 300])
+    kept = a.clone(), b.clone()
+    assert torch.allclose(log_add_exp(a, b), torch.logaddexp(a, b), rtol=1e-6, atol=1e-5)
+    assert torch.allclose(log_sum_exp(a, dim=2), torch.logsumexp(a, dim=2), rtol=1e-6, atol=1e-5)
+    c, scale = torch.randn(32, 63, 1, generator=generator) * 40, torch.rand(63, 1, generator=generator) * 20 + 0.1
+    steps, dc = torch.arange(1.0, 256.0), c[:, :1, 0]
+    kept_c = c.clone()
+    assert torch.isfinite(log_lattice_ac(c, steps, scale, (-1, 0, 1))).all()
+    # from the DC step where the nearest three lattice points suffice, the full sum gives the very same values
+    near = steps[DC_NEAR_STEP - 1 :]
+    assert torch.equal(log_lattice_dc(dc, near, NEAR_SHIFTS), log_lattice_dc(dc, near, DC_SHIFTS))
+    assert torch.equal(a, kept[0]) and torch.equal(b, kept[1]) and torch.equal(c, kept_c)
