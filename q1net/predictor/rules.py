@@ -19,8 +19,8 @@ the kept qualities. Here, as well:
 - recompression needs positive evidence of two codings (issue #13): the lattice's double
   model (coefficients on the second table's lattice only where the first one's levels land)
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
-  sampled blocks whose whole range lies more than AGREE_LEVELS below an IJG lattice's (against
-  another encoder's table the CNN reads low by itself). Then the first, lower quality answers;
+  sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's. Then the
+  first, lower quality answers;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
   and without a found grid the range is the whole scale (the blocks were read on a guess);
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
@@ -164,7 +164,7 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     strong = fit.strong & grid_found  # a lattice on a phase nobody confirmed says nothing
     cnn_voice = ~cnn.fallback & (cnn.support >= MIN_SUPPORT)
     double = strong & (fit.double_gain >= DOUBLE_GAIN_MIN)
-    cnn_lower = strong & cnn_voice & fit.ijg & (cnn.high < fit.quality_low - AGREE_LEVELS)
+    cnn_lower = strong & cnn_voice & (cnn.high < fit.quality_low - AGREE_LEVELS)
     recompressed = double | cnn_lower
     cnn_determined = grid_found & ~cnn.fallback & (cnn.high - cnn.low <= DETERMINED_WIDTH)
     if method == "cnn":
