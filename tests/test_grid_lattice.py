@@ -1,6 +1,7 @@
 """Grid-phase detection, the DCT-lattice fit, header tables and the hybrid rule, on images made here."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,14 @@ from q1net.data.sources import SyntheticSource
 from q1net.forensics.clipping import clipped_blocks
 from q1net.forensics.dct import PIXEL_MAX
 from q1net.forensics.lattice import TIE_NATS, LatticeFit, log_no_lattice, same_values
-from q1net.forensics.quant_tables import IJG_LUMA_TABLES, ijg_equivalent_quality, ijg_luma_table
+from q1net.forensics.quant_tables import (
+    IJG_LUMA_TABLES,
+    affine_completion,
+    ijg_equivalent_quality,
+    ijg_luma_table,
+    other_encoder_tables,
+    possible_equivalents,
+)
 from q1net.nets.q1net import create_model
 from q1net.predictor.program import Q1Program, cut_regions
 from q1net.predictor.rules import AGREE_LEVELS, Vote, combine
@@ -59,6 +67,37 @@ def test_ijg_equivalent_quality_of_other_tables():
     assert ijg_equivalent_quality(np.where(known, ijg_luma_table(80), 255), known) == 80  # unknown steps are ignored
     with pytest.raises(ValueError):
         ijg_equivalent_quality(np.ones(64), np.zeros(64, bool))
+
+
+def test_a_table_known_whole_has_exactly_its_own_equivalent():
+    """Every completion of a fully known table is the table itself: one equivalent, reached by 100 completions (an
+    index_put of the near ones' flags once let a far completion's False overwrite it, leaving the range 1..100)."""
+    luma, _ = other_encoder_tables("flat", 70)
+    estimate, possible = possible_equivalents(
+        torch.log(torch.from_numpy(luma).float()), torch.ones(64, dtype=torch.bool), torch.full((64,), math.inf)
+    )
+    assert int(estimate) + 1 == ijg_equivalent_quality(luma) and torch.nonzero(possible).flatten().tolist() == [int(estimate)]
+
+
+@pytest.mark.parametrize(("family", "quality"), [("flat", 22), ("flat", 40), ("flat", 60), ("annex_k", 40), ("annex_k", 60)])
+def test_unknown_high_frequencies_are_completed_by_the_tables_own_flatness(family, quality):
+    """Pixels rarely pin down the high-frequency steps; a camera's flatter table completed in IJG's shape reads many
+    levels low. Completed by the affine fit of its known steps to Table K.1 it reads right, and the range spans both."""
+    luma, _ = other_encoder_tables(family, quality)
+    u, v = np.divmod(np.arange(64), 8)
+    known = torch.from_numpy(u + v <= 4)
+    log_steps, no_ceiling = torch.log(torch.from_numpy(luma).float()), torch.full((64,), math.inf)
+    estimate, possible = possible_equivalents(log_steps, known, no_ceiling)
+    truth = ijg_equivalent_quality(luma)
+    assert abs(int(estimate) + 1 - truth) <= 1 and bool(possible[truth - 1])
+    around = ijg_equivalent_quality(luma, known.numpy())  # the known steps' own equivalent, and its table's shape
+    ijg_shaped = ijg_equivalent_quality(np.where(known.numpy(), luma, ijg_luma_table(around)))
+    assert (truth - ijg_shaped >= 8) == (family == "flat")  # why: the flat tables' IJG-shaped completion is far off
+    few = torch.from_numpy(u + v <= 1)  # 3 known steps: too few to fit a flatness, the unknown ones come from the fallback
+    fallback = torch.log(torch.from_numpy(ijg_luma_table(50)).float())
+    assert torch.equal(affine_completion(log_steps, few, no_ceiling, fallback)[~few], fallback[~few])
+    raster = torch.log(torch.arange(64.0) // 2 + 3)  # steps rising in raster order follow no Table K.1 shape
+    assert torch.equal(affine_completion(raster, known, no_ceiling, fallback)[~known], fallback[~known])
 
 
 @pytest.mark.parametrize(("quality", "dy", "dx"), [(20, 3, 5), (75, 7, 1), (95, 0, 6), (100, 5, 0)])

@@ -86,6 +86,10 @@ IJG_QUALITIES = np.arange(QUALITY_MIN, QUALITY_MAX + 1)
 IJG_LUMA_TABLES = np.stack([ijg_luma_table(int(q)) for q in IJG_QUALITIES])  # (100, 64), row q - 1
 LOG_IJG_TABLES = np.log(IJG_LUMA_TABLES).astype(np.float32)
 COMPLETION_LEVELS = 12  # unknown steps of an estimated table are completed from IJG tables this close (possible_equivalents)
+AFFINE_MIN_KNOWN = 4  # known steps from which a table's flatness (affine_completion's offset) is fitted
+# Tables built from Table K.1 (scaled, flattened, Pillow's Photoshop-like presets) fit it within 0.25 over their low
+# frequencies; a table of another shape (steps rising in raster order) misses by 0.46 and keeps the IJG shape.
+AFFINE_MISFIT_MAX = 0.1
 
 
 def ijg_distances(log_steps: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -114,19 +118,47 @@ def ijg_equivalent_quality(table: np.ndarray, known: np.ndarray | None = None) -
     return int(IJG_QUALITIES[int(equivalent_index(distance))])
 
 
+def affine_completion(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """(64,) log steps: the `known` ones, the rest from the table a + b * Table K.1 that fits the known ones best
+    (least squares on relative error), never above `log_ceiling`.
+
+    Camera and phone tables are Table K.1 scaled (a = 0, the IJG shape) or flattened at high frequencies (a > 0):
+    pixels rarely show their high-frequency steps, and completing those from the IJG shape reads a flatter table
+    many levels low. Fewer than AFFINE_MIN_KNOWN known steps, a fit that is not increasing, or known steps that follow
+    no such shape (relative residual over AFFINE_MISFIT_MAX) are completed from `fallback` (log steps) instead.
+    """
+    base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(log_steps.dtype)
+    steps = torch.exp(log_steps)
+    weight = known.to(steps.dtype) / steps**2  # relative error: equivalents are read in log steps
+    total = weight.sum().clamp(min=1e-12)
+    base_mean, step_mean = (weight * base).sum() / total, (weight * steps).sum() / total
+    spread = (weight * (base - base_mean) ** 2).sum()
+    slope = (weight * (base - base_mean) * (steps - step_mean)).sum() / spread.clamp(min=1e-12)
+    offset = step_mean - slope * base_mean
+    misfit = torch.sqrt((weight * (offset + slope * base - steps) ** 2).sum() / known.sum().clamp(min=1))  # relative RMS
+    fitted = (known.sum() >= AFFINE_MIN_KNOWN) & (slope > 0) & (spread > 0) & (misfit <= AFFINE_MISFIT_MAX)
+    completed = torch.where(fitted, torch.log((offset + slope * base).clamp(min=1.0, max=float(STEP_MAX))), fallback)
+    return torch.where(known, log_steps, torch.minimum(completed, log_ceiling))
+
+
 def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The IJG-equivalent index of a table of which only the `known` steps (as logs) are pinned down, and the (100,)
     bool mask of the equivalents the whole table can have.
 
-    The unknown steps are completed with the steps of an IJG table, but never above `log_ceiling` (the most each can
-    be, from the non-zero coefficients seen at its frequency: other encoders' tables are often finer than IJG's at
-    high frequencies). The estimate completes them from the table of the known steps' own equivalent; the mask
-    completes them in turn from each IJG table within COMPLETION_LEVELS of it (other encoders' tables follow IJG's
-    shape loosely, not as far as a table many levels away), and every equivalent of such a table is possible.
+    The estimate completes the unknown steps by `affine_completion`. The mask holds every equivalent from the IJG
+    shape's to the affine one's, and those of completions from each IJG table within COMPLETION_LEVELS of the known
+    steps' own equivalent (other encoders' tables follow IJG's shape loosely, not as far as a table many levels away),
+    never above `log_ceiling` (the most each step can be, from the non-zero coefficients seen at its frequency).
     """
     tables = torch.from_numpy(LOG_IJG_TABLES).to(log_steps.dtype)  # (100, 64)
     around = equivalent_index(ijg_distances(log_steps, known))
     completed = torch.where(known[None, :], log_steps[None, :], torch.minimum(tables, log_ceiling[None, :]))  # (completion, 64)
-    nearest = equivalent_index(((tables[None, :, :] - completed[:, None, :]) ** 2).mean(dim=-1))  # (completion,)
-    near = (torch.arange(len(tables)) - around).abs() <= COMPLETION_LEVELS
-    return take(nearest, around), torch.zeros(len(tables), dtype=torch.bool).index_put((nearest,), near)
+    completed = torch.cat([completed, affine_completion(log_steps, known, log_ceiling, take(tables, around))[None]])
+    nearest = equivalent_index(((tables[None, :, :] - completed[:, None, :]) ** 2).mean(dim=-1))  # (completion + 1,)
+    index = torch.arange(len(tables))
+    estimate, ijg_shaped = nearest[-1], take(nearest, around)
+    between = (index >= torch.minimum(estimate, ijg_shaped)) & (index <= torch.maximum(estimate, ijg_shaped))
+    near = ((index - around).abs() <= COMPLETION_LEVELS).float()
+    # every near completion's equivalent (a product, not index_put: several completions share an equivalent)
+    reached = ((nearest[:-1, None] == index[None, :]).float() * near[:, None]).amax(dim=0) > 0
+    return estimate, reached | between
