@@ -37,7 +37,7 @@ def fake_results() -> dict:
             "patches": 256,
             "engine": "onnxruntime",
             "eager": {"seconds": 0.2, "top": [{"operator": "aten::exp", "ms": 40.0, "calls": 28}]},
-            "onnxruntime": {"seconds": 0.15, "top": [{"operator": "Conv", "ms": 38.0}]},
+            "onnxruntime": {"seconds": 0.15, "top": [{"operator": "Conv", "ms": 38.0}], "export_seconds": 31.0, "over_eager": 0.93},
             "xnnpack": {"whole_seconds": 0.14, "network_seconds": 0.028, "whole_over_network": 5.0},
             "vulkan": {"delegates": 1, "delegated_operators": 40, "portable_operators": 700, "portable_by_type": {"aten_exp_default": 30}},
         },
@@ -60,7 +60,8 @@ def test_ratios_and_table():
     )
     assert table.count("| predict_overhead_over_decode |") == 1
     assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
-    assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "40 operators in 1 delegate(s), 700 on the portable" in table
+    assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "(0.93x eager, taking turns; the export 31 s once)" in table
+    assert "40 operators in 1 delegate(s), 700 on the portable" in table
 
 
 def test_functions_take_turns_and_ratios_pair_rounds():
@@ -76,6 +77,7 @@ def test_program_section_profiles_every_form(photo, tmp_path):
     section = program_section(str(tmp_path), photo, repeats=1)["program"]
     assert section["regions"] == 256 and section["patches"] == 256
     assert section["eager"]["top"] and section["onnxruntime"]["top"]
+    assert section["onnxruntime"]["over_eager"] > 0 and section["onnxruntime"]["export_seconds"] > 0
     assert section["xnnpack"]["whole_seconds"] > 0 and section["xnnpack"]["network_seconds"] > 0
     vulkan = section["vulkan"]
     assert vulkan["delegates"] >= 1 and vulkan["delegated_operators"] > 0

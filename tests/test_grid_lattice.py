@@ -242,6 +242,8 @@ def fit_of(quality: int, strength: float = 50.0, plausible: tuple[int, ...] | No
         first_quality=t(float(first_quality)),
         first_plausible=first,
         double_gain=t(gain),
+        single_low=t(float(min(plausible or (quality,)))),
+        steps_ijg=t(ijg),
     )
 
 
@@ -279,6 +281,19 @@ def test_hybrid_rule():
     assert answer(vote_of(70.0), other)[:5] == (76.0, 70.0, 77.0, 1.0, False)
     assert answer(vote_of(41.3), fit_of(40), method="cnn")[:4] == (41.3, 40.3, 42.3, 0.0)
     assert answer(vote_of(70.0), fit_of(40), method="lattice")[:4] == (40.0, 40.0, 40.0, 1.0)
+
+
+def test_a_cnn_far_under_an_ijg_lattice_flags_only_when_no_single_table_explains_both():
+    """A coarse camera table (steps 211, 175, 167) sits near IJG 35's lattice (23, 16, 14): the per-frequency steps,
+    no IJG table's, read about 3 as one coding, and the CNN agrees: one coding, the CNN's answer, no flag. Steps that
+    are an IJG table's are a first IJG coding under the finer one: the flag stands."""
+    low = 90 - AGREE_LEVELS - 5
+    coarse_camera_table = fit_of(90)._replace(single_low=t(float(low - 3)), steps_ijg=t(False))
+    assert answer(vote_of(low), coarse_camera_table) == (low, low - 1, low + 1, 0.0, False, True)
+    first_ijg_coding = coarse_camera_table._replace(steps_ijg=t(True))
+    assert answer(vote_of(low), first_ijg_coding)[4] is True
+    far_below_the_steps = coarse_camera_table._replace(single_low=t(float(low + AGREE_LEVELS + 5)))
+    assert answer(vote_of(low), far_below_the_steps)[4] is True
 
 
 def test_an_undetermined_answer_spans_every_reading():

@@ -70,6 +70,16 @@ def test_flatter_camera_tables_read_at_their_equivalent_and_are_never_called_rec
     assert result.quality_low <= truth <= result.quality_high
 
 
+@pytest.mark.parametrize("quality", [3, 8])
+def test_a_coarse_camera_table_coded_once_reads_as_one_coding(predictor, photo, quality):
+    """Flat tables at qualities 3..8 leave steps of 100..211 that an IJG table of 35..75 comes near on a few frequencies:
+    read as two codings until the steps' own equivalent (one coding, as the CNN reads it) was weighed."""
+    luma, chroma = other_encoder_tables("flat", quality)
+    result = predictor.predict(Image.open(io.BytesIO(jpeg_encode(photo, quality, "4:2:2", [luma.tolist(), chroma.tolist()]))))
+    truth = ijg_equivalent_quality(luma)
+    assert not result.recompressed and abs(result.quality - truth) <= 2 and result.quality_low <= truth <= result.quality_high
+
+
 def test_coded_twice_is_flagged_with_the_first_quality(predictor, photo):
     data = jpeg_encode(np.asarray(Image.open(io.BytesIO(jpeg_encode(photo, 40)))), 75)
     result = predictor.predict(Image.open(io.BytesIO(data)))

@@ -77,6 +77,10 @@ STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the
 # images can fit the all-ones table of quality 100 by up to ~1.1 (test and val photos), quality 99 already reads 4.
 CONFIRM_STRENGTH = 2.0
 MISFIT_MAX = 5.0  # nats per unit of evidence: IJG-coded val photos (q5..100) reach 3.2, scaled Annex K tables start at 7.3
+COARSER_RATIO = 1.5  # an estimated step this many times the best IJG table's or more is a coarser lattice's
+COARSER_MIN_KNOWN = 2  # known steps from which a coarser lattice overrules the best IJG table
+IJG_MATCH_SHARE = 0.9  # known steps within one of an IJG table's from which the estimate is that table
+MULTIPLE_SLACK = 0.5  # a step this close to a multiple of the table's step (an exact multiple) is on that table's lattice
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a clear non-zero level
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
 # A non-zero level is clear from this |coefficient| on (about 8 noise std: noise around a zero level, as 4:2:2 or
@@ -177,6 +181,8 @@ class LatticeFit(NamedTuple):
     first_quality: torch.Tensor  # the earlier, lower quality the double model fits best
     first_plausible: torch.Tensor  # (100,) bool: first qualities within TIE_NATS of it
     double_gain: torch.Tensor  # nats per unit of evidence the double model gains over one table
+    single_low: torch.Tensor  # the lowest IJG-equivalent one coding with the estimated steps can have
+    steps_ijg: torch.Tensor  # bool: the estimated steps the pixels pin down are one IJG table's (a first IJG coding's)
 
     @property
     def strong(self) -> torch.Tensor:
@@ -316,7 +322,15 @@ class LatticeVerifier(nn.Module):
         log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
         equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
         misfit = (estimated_ll - screen.max()) / top_unit
-        ijg = (misfit <= MISFIT_MAX) | ~known.any()
+        # Most known steps coarser than the best table's and off its multiples: the coefficients sit on a coarse lattice
+        # that the best table only comes near (a flat table at quality 3, steps 211, 175, 167, reads as IJG 35's 23, 16,
+        # 14), and the steps answer. A coarse step on the table's multiples is one lattice (graphics coded once: few
+        # distinct levels), and after two codings the finer, later table's lattice holds every coefficient exactly.
+        best_steps = take(self.tables, best)
+        off_multiples = (steps - torch.round(steps / best_steps) * best_steps).abs() > MULTIPLE_SLACK
+        coarser = (known & (steps >= COARSER_RATIO * best_steps) & off_multiples).sum()
+        sub_lattice = (known.sum() >= COARSER_MIN_KNOWN) & (2 * coarser > known.sum())
+        ijg = ((misfit <= MISFIT_MAX) & ~sub_lattice) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
         allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
         strength = torch.where(ijg, (take(table, best) - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
@@ -364,7 +378,15 @@ class LatticeVerifier(nn.Module):
             first_quality=take(qualities, first),
             first_plausible=first_plausible,
             double_gain=double_gain.clamp(min=0.0),
+            single_low=take(qualities, first_true(equivalent_set)),
+            steps_ijg=self.matches_an_ijg_table(steps, known),
         )
+
+    def matches_an_ijg_table(self, steps: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """bool: some IJG table has (within one) IJG_MATCH_SHARE of the `known` steps. A coarse lattice near a finer IJG
+        table's is then a first IJG coding under it; otherwise one coding with another encoder's table."""
+        close = ((self.tables - steps[None, :]).abs() <= 1) & known[None, :]
+        return (close.sum(dim=1).float() >= IJG_MATCH_SHARE * known.sum().clamp(min=1)).any() & known.any()
 
     def declipped_log_ratios(
         self, c: torch.Tensor, clipped: Clipped, tables: torch.Tensor, same_ac: torch.Tensor

@@ -19,8 +19,9 @@ the kept qualities. Here, as well:
 - recompression needs positive evidence of two codings (issue #13): the lattice's double
   model (coefficients on the second table's lattice only where the first one's levels land)
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
-  sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's. Then the
-  first, lower quality answers;
+  sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's and below
+  every equivalent of the per-frequency steps (one coding with a coarse camera table can sit
+  near an IJG table's lattice). Then the first, lower quality answers;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
   and without a found grid the range is the whole scale (the blocks were read on a guess);
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
@@ -164,7 +165,12 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     strong = fit.strong & grid_found  # a lattice on a phase nobody confirmed says nothing
     cnn_voice = ~cnn.fallback & (cnn.support >= MIN_SUPPORT)
     double = strong & (fit.double_gain >= DOUBLE_GAIN_MIN)
-    cnn_lower = strong & cnn_voice & (cnn.high < fit.quality_low - AGREE_LEVELS)
+    cnn_far_under = strong & cnn_voice & (cnn.high < fit.quality_low - AGREE_LEVELS)
+    # that shows an earlier coding only when no single table explains both: the estimated steps' own equivalents reach
+    # down to the CNN when the coefficients sit on a coarse camera table's lattice that an IJG table comes near; then
+    # that one coding is the answer, and the CNN reads it
+    one_coarse_table = cnn_far_under & ~fit.steps_ijg & (cnn.high >= fit.single_low - AGREE_LEVELS)
+    cnn_lower = cnn_far_under & ~one_coarse_table
     recompressed = double | cnn_lower
     cnn_determined = grid_found & ~cnn.fallback & (cnn.high - cnn.low <= DETERMINED_WIDTH)
     if method == "cnn":
@@ -187,7 +193,7 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
         torch.where(cnn_voice, torch.maximum(last_true_quality(fit.first_plausible), cnn.high), last_true_quality(fit.first_plausible)),
         cnn.high,
     )
-    by_lattice = strong & ~recompressed
+    by_lattice = strong & ~recompressed & ~one_coarse_table
     # another encoder's table: its unknown steps leave its IJG-equivalent uncertain, and the CNN's reading is evidence too
     widen = by_lattice & ~fit.ijg & cnn_voice
     lattice_low = torch.where(widen, torch.minimum(fit.quality_low, torch.floor(cnn.quality)), fit.quality_low)

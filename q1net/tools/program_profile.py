@@ -4,7 +4,7 @@ and in each exported form, on the regions of one decoded photo (256 at the defau
 - eager: what `Predictor` runs (the program, its network on the predictor's engine) in all, and its top operators
   by self time (torch.profiler);
 - ONNX Runtime: the program exported whole (`q1net export --program hybrid --format onnx`), in all and by operator
-  type (ONNX Runtime's own profile);
+  type (ONNX Runtime's own profile), taking turns with eager (their paired ratio), and the export's one-off seconds;
 - ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, the
   two taking turns;
 - ExecuTorch Vulkan: how much of the program its delegate takes (operators in it, and those left to the
@@ -15,44 +15,36 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from q1net.tools.bench import paired_ratio, timed, timed_in_turn
+from q1net.tools.bench import paired_ratio, timed_in_turn
 
 TOP = 10  # operators listed per engine
 
 
-def eager(predictor, inputs: tuple[torch.Tensor, ...], repeats: int) -> dict:
-    """Seconds of the program as `Predictor.gather` runs it (evidence, network on its engine, then the rules), and the
-    top operators by self time per run."""
-    from torch.profiler import ProfilerActivity, profile
-
-    program = predictor.program
-
-    @torch.no_grad()
-    def run() -> None:
-        program.decide(program.evidence(*inputs, predictor.network))
-
-    seconds = timed(run, repeats)
-    with profile(activities=[ProfilerActivity.CPU]) as profiled:
-        for _ in range(repeats):
-            run()
-    events = sorted(profiled.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP]
-    top = [{"operator": e.key, "ms": e.self_cpu_time_total / 1000 / repeats, "calls": e.count // repeats} for e in events]
-    return {"seconds": seconds, "top": top}
-
-
-def onnx_runtime(program, inputs: tuple[torch.Tensor, ...], scratch: Path, repeats: int) -> dict:
-    """Seconds of the program exported whole to ONNX on ONNX Runtime (the torch thread count), and its top operator types."""
+def engines_in_turn(predictor, inputs: tuple[torch.Tensor, ...], scratch: Path, repeats: int) -> dict:
+    """The program as `Predictor.gather` runs it (eager, the network on its engine, then the rules) and exported whole
+    to ONNX Runtime (the torch thread count), taking turns: the paired ratio is what `--engine auto` weighs against the
+    export's one-off cost (q1net.predictor.engines). Each with its top operators (torch.profiler; ONNX Runtime's own
+    profile, by operator type)."""
     import onnxruntime
 
     from q1net.export.formats import export_hybrid_onnx
 
+    program = predictor.program
+
+    @torch.no_grad()
+    def eager() -> None:
+        program.decide(program.evidence(*inputs, predictor.network))
+
+    start = time.perf_counter()
     path = export_hybrid_onnx(program, scratch / "program.onnx")
+    export_seconds = time.perf_counter() - start
     feeds = {name: tensor.numpy() for name, tensor in zip(("regions", "rows", "cols"), inputs, strict=True)}
 
     def session(profiling: bool) -> onnxruntime.InferenceSession:
@@ -64,17 +56,38 @@ def onnx_runtime(program, inputs: tuple[torch.Tensor, ...], scratch: Path, repea
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     plain = session(False)
-    seconds = timed(lambda: plain.run(None, feeds), repeats)
-    profiled = session(True)
+    times = timed_in_turn({"eager": eager, "onnxruntime": lambda: plain.run(None, feeds)}, repeats)
+    return {
+        "eager": {"seconds": statistics.median(times["eager"]), "top": eager_top(eager, repeats)},
+        "onnxruntime": {
+            "seconds": statistics.median(times["onnxruntime"]),
+            "top": onnx_runtime_top(session(True), feeds, repeats),
+            "export_seconds": export_seconds,
+            "over_eager": paired_ratio(times["onnxruntime"], times["eager"]),
+        },
+    }
+
+
+def eager_top(run, repeats: int) -> list[dict]:
+    """The top operators of `run` by self time per call (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        for _ in range(repeats):
+            run()
+    events = sorted(profiled.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP]
+    return [{"operator": e.key, "ms": e.self_cpu_time_total / 1000 / repeats, "calls": e.count // repeats} for e in events]
+
+
+def onnx_runtime_top(profiled, feeds: dict, repeats: int) -> list[dict]:
+    """The top operator types of a profiling ONNX Runtime session over `repeats` + 1 runs, ms per run."""
     for _ in range(repeats + 1):
         profiled.run(None, feeds)
     by_type: Counter = Counter()
     for event in json.loads(Path(profiled.end_profiling()).read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             by_type[event["args"]["op_name"]] += event["dur"]
-    runs = repeats + 1
-    top = [{"operator": name, "ms": micros / 1000 / runs} for name, micros in by_type.most_common(TOP)]
-    return {"seconds": seconds, "top": top}
+    return [{"operator": name, "ms": micros / 1000 / (repeats + 1)} for name, micros in by_type.most_common(TOP)]
 
 
 def xnnpack(program, inputs: tuple[torch.Tensor, ...], patches: np.ndarray, scratch: Path, repeats: int) -> dict:
@@ -128,8 +141,7 @@ def program_section(scratch: str, pixels: np.ndarray, repeats: int = 5) -> dict:
             "regions": len(inputs[0]),
             "patches": len(patches),
             "engine": predictor.engine.name,
-            "eager": eager(predictor, inputs, repeats),
-            "onnxruntime": onnx_runtime(program, inputs, folder, repeats),
+            **engines_in_turn(predictor, inputs, folder, repeats),
             "xnnpack": xnnpack(program, inputs, patches, folder, repeats),
             "vulkan": vulkan_partition(predictor),
         }
@@ -138,12 +150,13 @@ def program_section(scratch: str, pixels: np.ndarray, repeats: int = 5) -> dict:
 
 def markdown_lines(section: dict) -> list[str]:
     """The program section as markdown lines (ms per run)."""
-    x, v = section["xnnpack"], section["vulkan"]
+    x, v, ort = section["xnnpack"], section["vulkan"], section["onnxruntime"]
     lines = [
         "",
         f"The whole-predictor program on {section['regions']} regions ({section['patches']} patches), ms per image: "
         f"eager (network on {section['engine']}) {1000 * section['eager']['seconds']:.1f}; ONNX Runtime, exported whole "
-        f"{1000 * section['onnxruntime']['seconds']:.1f}; ExecuTorch XNNPACK, whole {1000 * x['whole_seconds']:.1f} against "
+        f"{1000 * ort['seconds']:.1f} ({ort['over_eager']:.2f}x eager, taking turns; the export {ort['export_seconds']:.0f} s "
+        f"once); ExecuTorch XNNPACK, whole {1000 * x['whole_seconds']:.1f} against "
         f"the network alone {1000 * x['network_seconds']:.1f} ({x['whole_over_network']:.2f}x).",
         f"Vulkan program: {v['delegated_operators']} operators in {v['delegates']} delegate(s), {v['portable_operators']} on the "
         "portable kernels (" + ", ".join(f"{name} {count}" for name, count in v["portable_by_type"].items()) + ").",
