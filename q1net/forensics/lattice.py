@@ -77,10 +77,7 @@ STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the
 # images can fit the all-ones table of quality 100 by up to ~1.1 (test and val photos), quality 99 already reads 4.
 CONFIRM_STRENGTH = 2.0
 MISFIT_MAX = 5.0  # nats per unit of evidence: IJG-coded val photos (q5..100) reach 3.2, scaled Annex K tables start at 7.3
-COARSER_RATIO = 1.5  # an estimated step this many times the best IJG table's or more is a coarser lattice's
-COARSER_MIN_KNOWN = 2  # known steps from which a coarser lattice overrules the best IJG table
 IJG_MATCH_SHARE = 0.9  # known steps within one of an IJG table's from which the estimate is that table
-MULTIPLE_SLACK = 0.5  # a step this close to a multiple of the table's step (an exact multiple) is on that table's lattice
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a clear non-zero level
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
 # A non-zero level is clear from this |coefficient| on (about 8 noise std: noise around a zero level, as 4:2:2 or
@@ -322,15 +319,7 @@ class LatticeVerifier(nn.Module):
         log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
         equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
         misfit = (estimated_ll - screen.max()) / top_unit
-        # Most known steps coarser than the best table's and off its multiples: the coefficients sit on a coarse lattice
-        # that the best table only comes near (a flat table at quality 3, steps 211, 175, 167, reads as IJG 35's 23, 16,
-        # 14), and the steps answer. A coarse step on the table's multiples is one lattice (graphics coded once: few
-        # distinct levels), and after two codings the finer, later table's lattice holds every coefficient exactly.
-        best_steps = take(self.tables, best)
-        off_multiples = (steps - torch.round(steps / best_steps) * best_steps).abs() > MULTIPLE_SLACK
-        coarser = (known & (steps >= COARSER_RATIO * best_steps) & off_multiples).sum()
-        sub_lattice = (known.sum() >= COARSER_MIN_KNOWN) & (2 * coarser > known.sum())
-        ijg = ((misfit <= MISFIT_MAX) & ~sub_lattice) | ~known.any()
+        ijg = (misfit <= MISFIT_MAX) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
         allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
         strength = torch.where(ijg, (take(table, best) - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
