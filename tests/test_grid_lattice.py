@@ -296,6 +296,25 @@ def test_a_cnn_far_under_an_ijg_lattice_flags_only_when_no_single_table_explains
     assert answer(vote_of(low), far_below_the_steps)[4] is True
 
 
+def test_steps_of_a_first_ijg_coding_seen_through_the_second_are_an_ijg_tables(program):
+    """A first IJG coding's steps read through a finer second coding are multiples of the second's steps near the
+    first's (80, 60 at quality 10 under 70's 10, 7: read 80, 63); a coarse camera table's are no IJG table's."""
+    first, last = (torch.from_numpy(ijg_luma_table(q)).float() for q in (10, 70))
+    known = torch.zeros(64, dtype=torch.bool)
+    known[[0, 1, 8, 9]] = True
+    seen_through = torch.round(first / last) * last
+    assert bool(program.lattice.matches_an_ijg_table(seen_through, known, last))
+    mixed = torch.where(torch.arange(64) == 9, last, seen_through)  # where only the second coding left levels
+    assert bool(program.lattice.matches_an_ijg_table(mixed, known, last))
+    camera, _ = other_encoder_tables("flat", 3)
+    assert not bool(
+        program.lattice.matches_an_ijg_table(torch.from_numpy(camera).float(), known, torch.from_numpy(ijg_luma_table(35)).float())
+    )
+    only_dc = torch.zeros(64, dtype=torch.bool)
+    only_dc[0] = True
+    assert not bool(program.lattice.matches_an_ijg_table(seen_through, only_dc, last))  # one step tells nothing
+
+
 def test_an_undetermined_answer_spans_every_reading():
     """Issue #13's gradients: a range too wide to determine covers the lattice's plausible set and the CNN's voters."""
     # a strong lattice too wide to determine, the voters below it (a gradient coded at 1, the lattice reading 6..23)

@@ -77,7 +77,7 @@ STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the
 # images can fit the all-ones table of quality 100 by up to ~1.1 (test and val photos), quality 99 already reads 4.
 CONFIRM_STRENGTH = 2.0
 MISFIT_MAX = 5.0  # nats per unit of evidence: IJG-coded val photos (q5..100) reach 3.2, scaled Annex K tables start at 7.3
-IJG_MATCH_SHARE = 0.9  # known steps within one of an IJG table's from which the estimate is that table
+IJG_MATCH_SHARE = 0.75  # share of the known steps on an IJG table's from which the estimate is that table
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a clear non-zero level
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
 # A non-zero level is clear from this |coefficient| on (about 8 noise std: noise around a zero level, as 4:2:2 or
@@ -368,14 +368,18 @@ class LatticeVerifier(nn.Module):
             first_plausible=first_plausible,
             double_gain=double_gain.clamp(min=0.0),
             single_low=take(qualities, first_true(equivalent_set)),
-            steps_ijg=self.matches_an_ijg_table(steps, known),
+            steps_ijg=self.matches_an_ijg_table(steps, known, best_table),
         )
 
-    def matches_an_ijg_table(self, steps: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """bool: some IJG table has (within one) IJG_MATCH_SHARE of the `known` steps. A coarse lattice near a finer IJG
+    def matches_an_ijg_table(self, steps: torch.Tensor, known: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """bool: the `known` steps (at least two) are, on IJG_MATCH_SHARE of them, one IJG table's as seen through the
+        `last` table's lattice (a first coding's step is read as a multiple of the second's: within half of it, plus
+        one) or the last table's own (where only the second coding left levels). A coarse lattice near a finer IJG
         table's is then a first IJG coding under it; otherwise one coding with another encoder's table."""
-        close = ((self.tables - steps[None, :]).abs() <= 1) & known[None, :]
-        return (close.sum(dim=1).float() >= IJG_MATCH_SHARE * known.sum().clamp(min=1)).any() & known.any()
+        own = (steps - last).abs() <= 1
+        close = (((self.tables - steps[None, :]).abs() <= last[None, :] / 2 + 1) | own[None, :]) & known[None, :]
+        share = close.sum(dim=1).float() / known.sum().clamp(min=1)
+        return (share >= IJG_MATCH_SHARE).any() & (known.sum() >= 2)
 
     def declipped_log_ratios(
         self, c: torch.Tensor, clipped: Clipped, tables: torch.Tensor, same_ac: torch.Tensor
