@@ -12,8 +12,8 @@ with a warning.
 
 Only the network changes engine: the rest of the program (grid, lattice, rules) runs eagerly in
 every case. The whole program exported to ONNX Runtime was measured against that, the two taking
-turns on a 2 MP photo's 256 regions (`make bench`, program section): 0.93x the eager time (88
-against 95 ms, 2026-12-02), for a one-off export of about 30 s per set of weights on first use;
+turns on a 2 MP photo's 256 regions (`make bench`, program section): 0.90x the eager time (83
+against 93 ms, 2026-12-03), for a one-off export of about 30 s per set of weights on first use;
 torch.compile took minutes to compile and ran slower. Neither is worth its cost here, so "auto"
 keeps the eager program.
 """

@@ -19,9 +19,11 @@ the kept qualities. Here, as well:
 - recompression needs positive evidence of two codings (issue #13): the lattice's double
   model (coefficients on the second table's lattice only where the first one's levels land)
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
-  sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's and below
-  every equivalent of the per-frequency steps (one coding with a coarse camera table can sit
-  near an IJG table's lattice). Then the first, lower quality answers;
+  sampled blocks whose whole range lies more than AGREE_LEVELS below the lattice's. Not when
+  the per-frequency steps are no IJG table's (not even seen through the finer lattice) and
+  their own equivalents reach the CNN's range: one coding with a coarse camera table whose
+  lattice an IJG table comes near, which the CNN then answers. Otherwise the first, lower
+  quality answers;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
   and without a found grid the range is the whole scale (the blocks were read on a guess);
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
