@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from q1net.forensics.dct import BLOCK, PIXEL_MAX, dct_matrix, luma
+from q1net.forensics.dct import BLOCK, PIXEL_MAX, block_dct, luma
 
 ZEROING_ROUNDS = 3  # first rounds only zero the coefficients under half a step: no non-zero level is chosen yet
 DECLIP_ROUNDS = 6  # then rounds onto the lattice
@@ -65,9 +65,9 @@ class Declipper(torch.nn.Module):
     def __init__(self, rounds: int = DECLIP_ROUNDS, zeroing_rounds: int = ZEROING_ROUNDS) -> None:
         super().__init__()
         self.rounds, self.zeroing_rounds = rounds, zeroing_rounds
-        dct = torch.from_numpy(dct_matrix())
-        self.register_buffer("forward_2d", torch.kron(dct, dct).T.contiguous(), persistent=False)  # rows @ it: coefficients
-        self.register_buffer("inverse_2d", torch.kron(dct, dct).contiguous(), persistent=False)
+        forward_2d = block_dct()
+        self.register_buffer("forward_2d", forward_2d, persistent=False)  # rows @ it: coefficients
+        self.register_buffer("inverse_2d", forward_2d.T.contiguous(), persistent=False)
 
     def forward(self, seen: torch.Tensor, high: torch.Tensor, low: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """`seen` luma (N, 8, 8), `high` and `low` from `clipped_samples`, candidate `tables` (T, 64)."""

@@ -31,6 +31,13 @@ def dct_basis() -> torch.Tensor:
     return (d[:, None, :, None] * d[None, :, None, :]).reshape(BLOCK * BLOCK, 1, BLOCK, BLOCK)
 
 
+def block_dct() -> torch.Tensor:
+    """(64, 64): a row of an 8x8 block's 64 samples (row-major) times it gives the block's coefficients, natural order
+    (the Kronecker product of the 1-D DCT; orthonormal, so its transpose is the inverse)."""
+    d = torch.from_numpy(dct_matrix())
+    return torch.kron(d, d).T.contiguous()
+
+
 def luma(pixels: torch.Tensor) -> torch.Tensor:
     """(R, 1, H, W) float luma of (R, 3, H, W) RGB samples, level-shifted as the encoder sees it.
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from q1net.data.geometry import REGIONS, RegionGeometry
 from q1net.forensics.clipping import block_at, clipped_blocks, clipped_samples
-from q1net.forensics.dct import BLOCK, luma
+from q1net.forensics.dct import BLOCK, block_dct, luma
 from q1net.forensics.grid import GridDetector, GridPhase
 from q1net.forensics.lattice import Clipped, LatticeFit, LatticeVerifier
 from q1net.nets.q1net import Q1Network
@@ -148,32 +148,31 @@ class Q1Program(nn.Module):
         picked = spread_index(blocks, self.per_side)
         self.register_buffer("picked", picked, persistent=False)  # the CNN's region rows (and columns) among per_side
         self.register_buffer("cnn_regions", (picked[:, None] * self.per_side + picked[None, :]).flatten(), persistent=False)
+        self.register_buffer("block_dct", block_dct(), persistent=False)
 
     def locate(
         self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> tuple[GridPhase, LatticeFit, torch.Tensor, torch.Tensor]:
         """The grid phase, the lattice fit on it, which blocks are read once, and whether the grid was found (no network needed)."""
-        phase, coefficients, read_once = self.detect(regions, rows, cols)
-        fit = self.fit(regions, coefficients, phase, read_once)
+        phase, read_once = self.detect(regions, rows, cols)
+        fit = self.fit(regions, phase, read_once)
         return phase, fit, read_once, phase.sure | fit.confirms
 
-    def detect(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[GridPhase, torch.Tensor, torch.Tensor]:
-        """The grid detector on every region read once: the phase, each region's coefficients at every phase, and
-        which of the CNN's blocks are read once."""
+    def detect(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[GridPhase, torch.Tensor]:
+        """The grid detector on every region read once: the phase, and which of the CNN's blocks are read once."""
         first_rows, first_cols = first_of_repeats(rows), first_of_repeats(cols)
         weight = (first_rows[:, None] & first_cols[None, :]).flatten().float()  # (R,)
-        phase, coefficients = self.grid(luma(regions), weight)
         read_once = (first_rows[self.picked][:, None] & first_cols[self.picked][None, :]).flatten()  # (B,)
-        return phase, coefficients, read_once
+        return self.grid(luma(regions), weight), read_once
 
-    def fit(self, regions: torch.Tensor, coefficients: torch.Tensor, phase: GridPhase, read_once: torch.Tensor) -> LatticeFit:
+    def fit(self, regions: torch.Tensor, phase: GridPhase, read_once: torch.Tensor) -> LatticeFit:
         """The lattice on the CNN's blocks at the detected phase (clipped ones read back by the declipper)."""
         at_phase = (phase.dy * BLOCK + phase.dx).reshape(1)
         picked = regions.index_select(0, self.cnn_regions)
-        blocks = coefficients.index_select(0, self.cnn_regions).flatten(2).index_select(2, at_phase)[:, :, 0]  # (B, 64)
         clipped = clipped_blocks(picked).flatten(1).index_select(1, at_phase)[:, 0]
         seen, high, low = clipped_samples(block_at(picked, phase.dy, phase.dx))
-        return self.lattice(blocks, read_once & ~clipped, Clipped(seen, high, low, read_once & clipped))
+        coefficients = seen.flatten(1) @ self.block_dct  # (B, 64)
+        return self.lattice(coefficients, read_once & ~clipped, Clipped(seen, high, low, read_once & clipped))
 
     def evidence(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, network=None) -> Evidence:
         """Grid, lattice and CNN evidence from the regions (`network`: another runner of the same net, e.g. ONNX Runtime)."""

@@ -140,7 +140,7 @@ def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> d
 
     regions, rows, cols = cut()
     with torch.no_grad():
-        phase, coefficients, read_once = program.detect(regions, rows, cols)
+        phase, read_once = program.detect(regions, rows, cols)
         picked = regions.index_select(0, program.cnn_regions)
         patches = program.patches_on_grid(picked, phase.dy, phase.dx)
         evidence = program.evidence(regions, rows, cols)
@@ -148,7 +148,7 @@ def stage_times(predictor, runners: dict, pixels: np.ndarray, repeats: int) -> d
             "sampling": timed(cut, repeats) + timed(lambda: program.patches_on_grid(picked, phase.dy, phase.dx), repeats),
             "grid": timed(lambda: program.detect(regions, rows, cols), repeats),
             **network_times(runners, patches.to(torch.uint8).numpy(), repeats),
-            "lattice": timed(lambda: program.fit(regions, coefficients, phase, read_once), repeats),
+            "lattice": timed(lambda: program.fit(regions, phase, read_once), repeats),
             "post": timed(lambda: program.decide(evidence), repeats),
         }
 
