@@ -25,12 +25,11 @@ table of quality 100 as well as any, as unclipped blocks do.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from q1net.forensics.dct import BLOCK, PIXEL_MAX, block_dct, luma
+from q1net.forensics.ops import FAR
 
 ZEROING_ROUNDS = 3  # first rounds only zero the coefficients under half a step: no non-zero level is chosen yet
 DECLIP_ROUNDS = 6  # then rounds onto the lattice
@@ -73,7 +72,7 @@ class Declipper(torch.nn.Module):
         """`seen` luma (N, 8, 8), `high` and `low` from `clipped_samples`, candidate `tables` (T, 64)."""
         steps = tables[:, None, :]  # (T, 1, 64)
         seen = seen.flatten(1)
-        infinite = torch.full_like(seen, math.inf)
+        infinite = torch.full_like(seen, FAR)
         floor = torch.where(low.flatten(1), -infinite, seen)  # at 255: at least what is seen; at 0: at most; both: free
         ceiling = torch.where(high.flatten(1), infinite, seen)
         block, half = seen.expand(len(tables), -1, -1), steps / 2  # (T, N, 64)

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from q1net.forensics.clipping import Declipper
-from q1net.forensics.ops import exp_, first_true, last_true, log_add_exp, log_sum_exp, max_abs_difference, take
+from q1net.forensics.ops import FAR, exp_, first_true, last_true, log_add_exp, log_sum_exp, max_abs_difference, take
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
@@ -172,7 +172,7 @@ class LatticeFit(NamedTuple):
     misfit: torch.Tensor
     evidence: torch.Tensor  # non-flat blocks, and flat ones by their DC weights
     plausible: torch.Tensor  # (100,) bool over IJG qualities
-    tables: torch.Tensor  # (100,) log-likelihood of each IJG table (-inf: screened out)
+    tables: torch.Tensor  # (100,) log-likelihood of each IJG table (-FAR: screened out)
     steps: torch.Tensor  # (64,) per-frequency ML steps, natural order
     known: torch.Tensor  # (64,) bool: steps the pixels pin down
     first_quality: torch.Tensor  # the earlier, lower quality the double model fits best
@@ -306,11 +306,11 @@ class LatticeVerifier(nn.Module):
         unclipped_screen = by_step.gather(0, self.table_rows).sum(dim=1)
         screen = unclipped_screen + declipped
         scored = torch.topk(screen, SCREEN_TABLES).indices
-        table = torch.full((len(IJG_QUALITIES),), -math.inf).index_put(
+        table = torch.full((len(IJG_QUALITIES),), -FAR).index_put(
             (scored,), self.table_log_likelihoods(self.tables[scored], c, scale, log_p0, ac, dc) + declipped[scored]
         )
         best = torch.argmax(table)
-        unscored_close = (screen >= screen.max() - TIE_NATS) & torch.isinf(table)
+        unscored_close = (screen >= screen.max() - TIE_NATS) & (table <= -FAR)
         plausible = (table >= take(table, best) - TIE_NATS) | unscored_close
 
         # "no lattice" on the same blocks as the estimate, and the estimate's lead over the best IJG table on them
@@ -341,14 +341,14 @@ class LatticeVerifier(nn.Module):
         second_tables = torch.cat([torch.where(before, best_table, self.tables), steps[None]])
         scores = self.double_scores(c_double, scale, p0_double, ac_double, first_tables, second_tables)
         pair_scores = scores[:-1]
-        earlier = torch.where(index < best, pair_scores, -math.inf)
-        finer = torch.where(index > best, pair_scores, -math.inf)
+        earlier = torch.where(index < best, pair_scores, -FAR)
+        finer = torch.where(index > best, pair_scores, -FAR)
         baseline = torch.maximum(take(pair_scores, best), scores[-1])
-        by_first = torch.maximum(earlier, torch.where(index == best, finer.max(), -math.inf))  # (100,) over the first coding's quality
+        by_first = torch.maximum(earlier, torch.where(index == best, finer.max(), -FAR))  # (100,) over the first coding's quality
         first = torch.argmax(by_first)
         first_score = take(by_first, first)
         first_plausible = by_first >= first_score - TIE_NATS
-        double_read = torch.isfinite(first_score) & (double_unit >= MIN_EVIDENCE)  # as little evidence as a lattice answer needs
+        double_read = (first_score > -FAR) & (double_unit >= MIN_EVIDENCE)  # as little evidence as a lattice answer needs
         double_gain = torch.where(double_read, (first_score - baseline) / double_unit.clamp(min=1.0), torch.zeros(()))
         qualities = torch.from_numpy(IJG_QUALITIES.astype(np.float32))
         return LatticeFit(
@@ -404,7 +404,7 @@ class LatticeVerifier(nn.Module):
     @staticmethod
     def estimate(by_step: torch.Tensor, c: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-frequency ML steps over 1..255 (64,) from `step_log_likelihoods`, which are known, the most each unknown
-        one can be (inf: no bound), and the total log-likelihood of that table."""
+        one can be (FAR: no bound), and the total log-likelihood of that table."""
         best = torch.argmax(by_step, dim=0)
         steps = (best + 1).float()
         levels = torch.round(c / steps[None, :])
@@ -412,7 +412,7 @@ class LatticeVerifier(nn.Module):
         clear = (levels != 0) & (c.abs() >= CLEAR_AC) & weight  # a level rounding noise cannot make
         known = clear.sum(dim=0) >= KNOWN_MIN_NONZERO
         known = known & torch.cat([steps[:1] >= DC_KNOWN_MIN_STEP, torch.ones(63, dtype=torch.bool)])
-        magnitudes = torch.where(clear, c.abs(), torch.full_like(c, math.inf))
+        magnitudes = torch.where(clear, c.abs(), torch.full_like(c, FAR))
         second = torch.topk(magnitudes, min(2, len(c)), dim=0, largest=False).values[-1]
         return steps, known, second + CEILING_NOISE, by_step.amax(dim=0).sum()
 

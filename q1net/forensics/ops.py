@@ -31,6 +31,9 @@ def last_true(mask: torch.Tensor) -> torch.Tensor:
     return torch.argmax(mask.float() * order, dim=-1)
 
 
+# Infinity in the programs' tensors: ExecuTorch's Vulkan serializer writes a delegate's constants as JSON, which has
+# no Infinity (flatc: "cannot parse value starting with: Infinity"). Far beyond any log-likelihood, step or sample here.
+FAR = 1e30
 EXP_FLOOR = -87.0  # e^-87 = 1.6e-38, just above the smallest normal float32: exp of less is denormal or 0
 
 

@@ -42,7 +42,7 @@ import torch
 
 from q1net.data.jpeg import QUALITY_MAX, QUALITY_MIN
 from q1net.forensics.lattice import LatticeFit
-from q1net.forensics.ops import first_true, last_true, take
+from q1net.forensics.ops import FAR, first_true, last_true, take
 
 FLAT_RANGE = 3.0  # a patch whose channels each span at most this many levels is flat: it never votes
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share of the informative blocks
@@ -73,8 +73,8 @@ def flat_patches(patches: torch.Tensor) -> torch.Tensor:
 
 
 def sorted_where(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`values` ascending with the masked-out ones last (+inf), and how many are in."""
-    big = torch.full_like(values, float("inf"))
+    """`values` ascending with the masked-out ones last (FAR), and how many are in."""
+    big = torch.full_like(values, FAR)
     ordered = torch.topk(torch.where(mask, values, big), values.shape[0], largest=False).values
     return ordered, mask.sum()
 
@@ -108,7 +108,7 @@ def vote(
         passed = informative & (confidence > tau)
         fallback = ~passed.any()
         share = torch.ceil(FALLBACK_SHARE * count.float()).clamp(min=1.0)
-        ranked = torch.topk(torch.where(informative, confidence, torch.full_like(confidence, -float("inf"))), confidence.shape[0]).indices
+        ranked = torch.topk(torch.where(informative, confidence, torch.full_like(confidence, -FAR)), confidence.shape[0]).indices
         rank = torch.zeros_like(ranked).index_put((ranked,), torch.arange(confidence.shape[0], device=ranked.device))
         most_confident = informative & (rank.float() < share)
         kept = (fallback & most_confident) | (~fallback & passed)  # bool selects: ONNX Runtime has no Where on booleans
@@ -149,7 +149,7 @@ class Verdict(NamedTuple):
 def nearest_allowed(allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The IJG quality of the (100,) `allowed` mask nearest to `target` (the lower on a tie)."""
     qualities = torch.arange(QUALITY_MIN, QUALITY_MAX + 1, dtype=torch.float32)
-    distance = torch.where(allowed, (qualities - target).abs(), torch.full_like(qualities, float("inf")))
+    distance = torch.where(allowed, (qualities - target).abs(), torch.full_like(qualities, FAR))
     return take(qualities, torch.argmin(distance))
 
 
