@@ -187,12 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
     tune.add_argument("--out", default=None, help="write tau, the calibration and the sweep as JSON here (for q1net pack --tuned)")
 
+    from q1net.export.formats import VULKAN_DELEGATES
+
     export = commands.add_parser("export", help="export to ONNX / ExecuTorch (.pte, Vulkan or XNNPACK) and check parity")
     export.add_argument("--format", choices=("onnx", "pte"), default=None, help="one format (or --all)")
     export.add_argument(
         "--backend", choices=("xnnpack", "vulkan", "portable"), default="xnnpack", help="ExecuTorch backend for --format pte"
     )
     export.add_argument("--fp16", action="store_true", help="fp16 Vulkan program")
+    export.add_argument(
+        "--vulkan-delegate",
+        choices=VULKAN_DELEGATES,
+        default="network",
+        help="hybrid Vulkan program: the network alone in the Vulkan delegate (checked here), or every operator Vulkan supports",
+    )
     export.add_argument("--all", action="store_true", help="every network program (ONNX, XNNPACK, Vulkan fp32/fp16) and every hybrid one")
     export.add_argument("--checkpoint", default=None, help="a training .ckpt or .safetensors instead of the shipped weights")
     export.add_argument("--out", default="exports", help="output folder (default exports/)")
@@ -419,7 +427,8 @@ def run_export(args: argparse.Namespace) -> int:
         fail("export: the hybrid program is lowered for --backend xnnpack or vulkan")
         return EXIT_USAGE
     network_targets = () if args.program == "hybrid" else (Target(args.format, args.backend if args.format == "pte" else None, args.fp16),)
-    hybrid_targets = (HybridTarget(args.format, args.backend if args.format == "pte" else None),) if args.program == "hybrid" else ()
+    backend = args.backend if args.format == "pte" else None
+    hybrid_targets = (HybridTarget(args.format, backend, args.vulkan_delegate),) if args.program == "hybrid" else ()
     if args.all:
         network_targets, hybrid_targets = ALL_TARGETS, HYBRID_TARGETS
     try:

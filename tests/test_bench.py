@@ -39,7 +39,20 @@ def fake_results() -> dict:
             "eager": {"seconds": 0.2, "top": [{"operator": "aten::exp", "ms": 40.0, "calls": 28}]},
             "onnxruntime": {"seconds": 0.15, "top": [{"operator": "Conv", "ms": 38.0}], "export_seconds": 31.0, "over_eager": 0.93},
             "xnnpack": {"whole_seconds": 0.14, "network_seconds": 0.028, "whole_over_network": 5.0},
-            "vulkan": {"delegates": 1, "delegated_operators": 40, "portable_operators": 700, "portable_by_type": {"aten_exp_default": 30}},
+            "vulkan": {
+                "network": {
+                    "delegates": 1,
+                    "delegated_operators": 40,
+                    "portable_operators": 700,
+                    "portable_by_type": {"aten_exp_default": 30},
+                },
+                "all": {
+                    "delegates": 9,
+                    "delegated_operators": 600,
+                    "portable_operators": 140,
+                    "portable_by_type": {"aten_topk_default": 5},
+                },
+            },
         },
     }
 
@@ -61,7 +74,8 @@ def test_ratios_and_table():
     assert table.count("| predict_overhead_over_decode |") == 1
     assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
     assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "(0.93x eager, taking turns; the export 31 s once)" in table
-    assert "40 operators in 1 delegate(s), 700 on the portable" in table
+    assert "delegating network: 40 operators in 1 delegate(s), 700 on the portable kernels (aten_exp_default 30)" in table
+    assert "delegating all: 600 operators in 9 delegate(s), 140 on the portable kernels (aten_topk_default 5)" in table
 
 
 def test_functions_take_turns_and_ratios_pair_rounds():
@@ -79,7 +93,10 @@ def test_program_section_profiles_every_form(photo, tmp_path):
     assert section["eager"]["top"] and section["onnxruntime"]["top"]
     assert section["onnxruntime"]["over_eager"] > 0 and section["onnxruntime"]["export_seconds"] > 0
     assert section["xnnpack"]["whole_seconds"] > 0 and section["xnnpack"]["network_seconds"] > 0
-    vulkan = section["vulkan"]
-    assert vulkan["delegates"] >= 1 and vulkan["delegated_operators"] > 0
-    assert vulkan["portable_operators"] == sum(vulkan["portable_by_type"].values())
+    network, everything = section["vulkan"]["network"], section["vulkan"]["all"]
+    assert network["delegates"] == 1 and everything["delegates"] > 1
+    assert everything["delegated_operators"] > network["delegated_operators"]
+    assert everything["portable_operators"] < network["portable_operators"]
+    for partition in (network, everything):
+        assert partition["portable_operators"] == sum(partition["portable_by_type"].values())
     assert "ONNX Runtime operator type" in "\n".join(markdown_lines(section))

@@ -1,11 +1,13 @@
 """The whole predictor as exported programs (issue #14): the same answers as `q1net predict` on small generated
-images, through ONNX Runtime and the ExecuTorch runtime, and the network in one VulkanBackend delegate."""
+images, through ONNX Runtime and the ExecuTorch runtime, and the network in one VulkanBackend delegate (or every
+operator Vulkan supports in many)."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +15,9 @@ from PIL import Image
 
 from q1net import Predictor
 from q1net.data.sources import GraphicsSource, SyntheticSource
-from q1net.export.formats import hybrid_program, lower_hybrid
-from q1net.export.hybrid import HybridTarget, export_hybrid, parity_cases
+from q1net.export.formats import VULKAN_DELEGATES, hybrid_program, lower_hybrid, write_hybrid_pte
+from q1net.export.hybrid import HybridTarget, export_hybrid, parity_cases, vulkan_partition
+from q1net.export.parity import ParityError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +86,35 @@ def test_hybrid_vulkan_program_holds_the_network_in_one_delegate(predictor):
     forensic = [node for node in convolutions(lowered.exported.graph) if "MosaicQ1Net" not in str(node.meta.get("nn_module_stack"))]
     outside = convolutions(lowered.manager.exported_program().graph)
     assert len(convolutions(lowered.exported.graph)) > len(forensic) >= 1 and len(outside) == len(forensic)
+
+
+def test_vulkan_partition_is_checked_against_what_it_was_lowered_for(tmp_path):
+    def lowered(scope: str, delegates: list[str]) -> SimpleNamespace:
+        return SimpleNamespace(structure={"vulkan_delegate": scope, "delegates": delegates})
+
+    path = tmp_path / HybridTarget("pte", "vulkan", "all").name
+    assert path.name == "q1net_hybrid_vulkan_all.pte" and HybridTarget("pte", "vulkan").name == "q1net_hybrid_vulkan.pte"
+    assert "one VulkanBackend delegate" in vulkan_partition(lowered("network", ["VulkanBackend"]), path)
+    assert "3 VulkanBackend delegates" in vulkan_partition(lowered("all", ["VulkanBackend"] * 3), path)
+    for scope, delegates in (("network", ["VulkanBackend"] * 2), ("all", ["VulkanBackend"]), ("all", ["VulkanBackend", "XnnpackBackend"])):
+        with pytest.raises(ParityError, match=path.name):
+            vulkan_partition(lowered(scope, delegates), path)
+
+
+@pytest.mark.slow
+def test_hybrid_vulkan_program_can_delegate_every_operator_vulkan_supports(predictor, tmp_path):
+    """Lowered with every operator the partitioner takes, the program serialises (no infinite constant: Vulkan's
+    serialiser writes JSON) and leaves far fewer operators to the portable kernels than the network-only one."""
+    program = hybrid_program(predictor.net.cpu(), predictor.tau, predictor.calibration, predictor.blocks, "vulkan")
+    network, everything = (lower_hybrid(program, "vulkan", scope) for scope in VULKAN_DELEGATES)
+
+    def outside(lowered) -> int:
+        graph = lowered.manager.exported_program().graph
+        return sum(node.op == "call_function" and "executorch_call_delegate" not in str(node.target) for node in graph.nodes)
+
+    delegates = everything.structure["delegates"]
+    assert len(delegates) > 1 and set(delegates) == {"VulkanBackend"}
+    assert outside(everything) * 4 < outside(network)
+    path = write_hybrid_pte(program, everything, tmp_path / HybridTarget("pte", "vulkan", "all").name)
+    assert path.stat().st_size > 0
+    assert json.loads(path.with_suffix(".pte.json").read_text())["program"]["vulkan_delegate"] == "all"

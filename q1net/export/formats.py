@@ -29,6 +29,10 @@ from q1net.nets.q1net import Q1Network
 from q1net.predictor.program import ANSWER_FIELDS, Q1Program, cut_regions
 
 Backend = Literal["xnnpack", "vulkan", "portable"]
+# What the whole predictor's Vulkan program delegates: the network's mosaic module alone (its graph checked here on the
+# portable kernels), or every operator the Vulkan partitioner takes (numerics only checkable on a Vulkan device).
+VulkanDelegate = Literal["network", "all"]
+VULKAN_DELEGATES: tuple[str, ...] = ("network", "all")
 
 
 def output_names(net: Q1Network) -> list[str]:
@@ -246,15 +250,17 @@ def export_hybrid_onnx(program: Q1Program, out: str | os.PathLike[str]) -> Path:
     return out
 
 
-def lower_hybrid(program: Q1Program, backend: Backend) -> LoweredProgram:
+def lower_hybrid(program: Q1Program, backend: Backend, vulkan_delegate: VulkanDelegate = "network") -> LoweredProgram:
     """The whole predictor as an ExecuTorch program. XNNPACK takes what it can of it (the network and much of the
-    arithmetic); Vulkan takes only the network's mosaic module, in one delegate, and the rules stay on the CPU kernels."""
+    arithmetic); Vulkan takes the network's mosaic module in one delegate and leaves the rest to the CPU kernels, or
+    with `vulkan_delegate="all"` every operator its partitioner supports (many delegates)."""
     from executorch.exir import to_edge_transform_and_lower
 
     if backend == "vulkan":
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
-        partitioners = [VulkanPartitioner(nn_module_allowlist=[MosaicQ1Net.__name__])]
+        scope = {"network": {"nn_module_allowlist": [MosaicQ1Net.__name__]}, "all": {}}[vulkan_delegate]
+        partitioners = [VulkanPartitioner(**scope)]
     elif backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
@@ -267,11 +273,15 @@ def lower_hybrid(program: Q1Program, backend: Backend) -> LoweredProgram:
     plan = manager.executorch_program.execution_plan[0]
     structure = {
         "backend": backend,
+        **({"vulkan_delegate": vulkan_delegate} if backend == "vulkan" else {}),
         "delegates": [d.id for d in plan.delegates],
         "operators": sorted({o.name for o in plan.operators}),
         "runs": {
             "vulkan": "the network (its mosaic form) in one VulkanBackend delegate; grid detection, the lattice, the tau rule "
-            "and the hybrid combine on ExecuTorch's CPU (portable) kernels",
+            "and the hybrid combine on ExecuTorch's CPU (portable) kernels"
+            if vulkan_delegate == "network"
+            else "every operator the Vulkan partitioner supports in VulkanBackend delegates (the network, most of grid "
+            "detection, the lattice and the rules); integer, boolean and unsupported operators on the portable kernels",
             "xnnpack": "XNNPACK delegates for the network and the arithmetic it supports; the rest on the portable kernels",
             "portable": "every operator on the portable kernels",
         }[backend],

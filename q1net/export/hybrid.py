@@ -35,13 +35,16 @@ PORTABLE_CASES = 3  # images the undelegated Vulkan graph runs on (its convoluti
 class HybridTarget:
     format: str  # onnx | pte
     backend: str | None = None  # xnnpack | vulkan for pte
+    vulkan_delegate: str = "network"  # for vulkan (q1net.export.formats.VulkanDelegate)
 
     @property
     def name(self) -> str:
-        return "q1net_hybrid.onnx" if self.format == "onnx" else f"q1net_hybrid_{self.backend}.pte"
+        if self.format == "onnx":
+            return "q1net_hybrid.onnx"
+        return f"q1net_hybrid_{self.backend}{'_all' if self.backend == 'vulkan' and self.vulkan_delegate == 'all' else ''}.pte"
 
 
-HYBRID_TARGETS = (HybridTarget("onnx"), HybridTarget("pte", "xnnpack"), HybridTarget("pte", "vulkan"))
+HYBRID_TARGETS = (HybridTarget("onnx"), HybridTarget("pte", "xnnpack"), HybridTarget("pte", "vulkan"), HybridTarget("pte", "vulkan", "all"))
 
 
 def answers(run, predictor: Predictor, cases: list[np.ndarray]) -> tuple[list[tuple[float, str]], float]:
@@ -56,6 +59,18 @@ def answers(run, predictor: Predictor, cases: list[np.ndarray]) -> tuple[list[tu
         result = prediction(found.outputs, found, predictor.program.picked.numpy())
         rows.append((result.quality, result.method))
     return rows, 1000 * float(np.median(times))
+
+
+def vulkan_partition(lowered, path: Path) -> str:
+    """What the Vulkan program's delegates hold, checked against what it was lowered for; ParityError otherwise."""
+    delegates, scope = lowered.structure["delegates"], lowered.structure["vulkan_delegate"]
+    if scope == "network" and delegates != ["VulkanBackend"]:
+        raise ParityError(f"{path.name}: the network should be one VulkanBackend delegate, found {delegates}")
+    if scope == "all" and (len(delegates) < 2 or set(delegates) != {"VulkanBackend"}):
+        raise ParityError(f"{path.name}: Vulkan should take more than the network, found delegates {delegates}")
+    if scope == "network":
+        return "the network is one VulkanBackend delegate"
+    return f"{len(delegates)} VulkanBackend delegates take every operator the partitioner supports; their numerics need a device"
 
 
 def compare(got: list[tuple[float, str]], expected: list[tuple[float, str]]) -> dict:
@@ -81,15 +96,12 @@ def export_hybrid(
         export_hybrid_onnx(program, path)
         runtime, run, checked = "onnxruntime", program_runner(path), cases
     else:
-        lowered = lower_hybrid(program, target.backend)
+        lowered = lower_hybrid(program, target.backend, target.vulkan_delegate)
         write_hybrid_pte(program, lowered, path)
         if target.backend == "vulkan":
-            delegates = lowered.structure["delegates"]
-            if delegates != ["VulkanBackend"]:
-                raise ParityError(f"{path.name}: the network should be one VulkanBackend delegate, found {delegates}")
+            notes.append(f"Vulkan kernels not run here (the pip runtime has no Vulkan backend); {vulkan_partition(lowered, path)}")
             portable = portable_program(lowered.exported, out_dir / f".{target.name}.portable.pte")
             runtime, run, checked = "its graph undelegated (executorch portable)", program_runner(portable), cases[:PORTABLE_CASES]
-            notes.append("Vulkan kernels not run here (the pip runtime has no Vulkan backend); the network is one VulkanBackend delegate")
         else:
             runtime, run, checked = f"executorch {target.backend}", program_runner(path), cases
     got, ms = answers(run, predictor, checked)

@@ -7,8 +7,9 @@ and in each exported form, on the regions of one decoded photo (256 at the defau
   type (ONNX Runtime's own profile), taking turns with eager (their paired ratio), and the export's one-off seconds;
 - ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, the
   two taking turns;
-- ExecuTorch Vulkan: how much of the program its delegate takes (operators in it, and those left to the
-  portable kernels, by type). Its kernels do not run here (the pip runtime has no Vulkan backend).
+- ExecuTorch Vulkan: how much of the program its delegates take, lowered either way (the network alone; every
+  operator the partitioner supports): operators in them, and those left to the portable kernels, by type. Its
+  kernels do not run here (the pip runtime has no Vulkan backend).
 """
 
 from __future__ import annotations
@@ -108,20 +109,24 @@ def xnnpack(program, inputs: tuple[torch.Tensor, ...], patches: np.ndarray, scra
 
 
 def vulkan_partition(predictor) -> dict:
-    """The Vulkan whole-predictor program's operators: in the delegate(s), and left to the portable kernels by type."""
+    """The Vulkan whole-predictor program's operators, lowered each way (q1net.export.formats.VULKAN_DELEGATES): in
+    the delegate(s), and left to the portable kernels by type."""
     from executorch.devtools.backend_debug import get_delegation_info
 
-    from q1net.export.formats import hybrid_program, lower_hybrid
+    from q1net.export.formats import VULKAN_DELEGATES, hybrid_program, lower_hybrid
 
     program = hybrid_program(predictor.net.cpu(), predictor.tau, predictor.calibration, predictor.blocks, "vulkan")
-    info = get_delegation_info(lower_hybrid(program, "vulkan").manager.exported_program().graph_module)
-    left = Counter({name: b.non_delegated for name, b in info.delegation_by_operator.items() if b.non_delegated})
-    return {
-        "delegates": info.num_delegated_subgraphs,
-        "delegated_operators": info.num_delegated_nodes,
-        "portable_operators": info.num_non_delegated_nodes,
-        "portable_by_type": dict(left.most_common()),
-    }
+    partitions = {}
+    for scope in VULKAN_DELEGATES:
+        info = get_delegation_info(lower_hybrid(program, "vulkan", scope).manager.exported_program().graph_module)
+        left = Counter({name: b.non_delegated for name, b in info.delegation_by_operator.items() if b.non_delegated})
+        partitions[scope] = {
+            "delegates": info.num_delegated_subgraphs,
+            "delegated_operators": info.num_delegated_nodes,
+            "portable_operators": info.num_non_delegated_nodes,
+            "portable_by_type": dict(left.most_common()),
+        }
+    return partitions
 
 
 def program_section(scratch: str, pixels: np.ndarray, repeats: int = 5) -> dict:
@@ -150,7 +155,7 @@ def program_section(scratch: str, pixels: np.ndarray, repeats: int = 5) -> dict:
 
 def markdown_lines(section: dict) -> list[str]:
     """The program section as markdown lines (ms per run)."""
-    x, v, ort = section["xnnpack"], section["vulkan"], section["onnxruntime"]
+    x, ort = section["xnnpack"], section["onnxruntime"]
     lines = [
         "",
         f"The whole-predictor program on {section['regions']} regions ({section['patches']} patches), ms per image: "
@@ -158,8 +163,13 @@ def markdown_lines(section: dict) -> list[str]:
         f"{1000 * ort['seconds']:.1f} ({ort['over_eager']:.2f}x eager, taking turns; the export {ort['export_seconds']:.0f} s "
         f"once); ExecuTorch XNNPACK, whole {1000 * x['whole_seconds']:.1f} against "
         f"the network alone {1000 * x['network_seconds']:.1f} ({x['whole_over_network']:.2f}x).",
-        f"Vulkan program: {v['delegated_operators']} operators in {v['delegates']} delegate(s), {v['portable_operators']} on the "
-        "portable kernels (" + ", ".join(f"{name} {count}" for name, count in v["portable_by_type"].items()) + ").",
+        *(
+            f"Vulkan program, delegating {scope}: {v['delegated_operators']} operators in {v['delegates']} delegate(s), "
+            f"{v['portable_operators']} on the portable kernels ("
+            + ", ".join(f"{name} {count}" for name, count in v["portable_by_type"].items())
+            + ")."
+            for scope, v in section["vulkan"].items()
+        ),
         "",
         "| eager operator | ms | calls | ONNX Runtime operator type | ms |",
         "|---|---:|---:|---|---:|",
