@@ -72,9 +72,9 @@ class Declipper(torch.nn.Module):
         """`seen` luma (N, 8, 8), `high` and `low` from `clipped_samples`, candidate `tables` (T, 64)."""
         steps = tables[:, None, :]  # (T, 1, 64)
         seen = seen.flatten(1)
-        infinite = torch.full_like(seen, FAR)
-        floor = torch.where(low.flatten(1), -infinite, seen)  # at 255: at least what is seen; at 0: at most; both: free
-        ceiling = torch.where(high.flatten(1), infinite, seen)
+        unbounded = torch.full_like(seen, FAR)
+        floor = torch.where(low.flatten(1), -unbounded, seen)  # at 255: at least what is seen; at 0: at most; both: free
+        ceiling = torch.where(high.flatten(1), unbounded, seen)
         block, half = seen.expand(len(tables), -1, -1), steps / 2  # (T, N, 64)
         for round_ in range(self.zeroing_rounds + self.rounds):
             c = block @ self.forward_2d
