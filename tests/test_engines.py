@@ -65,3 +65,11 @@ def test_workers_give_the_same_rows(tmp_path, photos):
         assert result.returncode == 0, result.stderr
         rows.append([{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in result.stdout.splitlines()])
     assert rows[0] == rows[1] and [row["quality"] for row in rows[0]] == [30, 50, 70, 90]
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "2000"), ("7", "7")])
+def test_openmp_spin_is_shortened_before_torch_loads_unless_the_user_set_it(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | ({"GOMP_SPINCOUNT": given} if given else {})
+    code = "import sys, os, q1net; assert 'torch' not in sys.modules; print(os.environ['GOMP_SPINCOUNT'])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert run.stdout.strip() == expected
