@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--blocks", type=positive_int, default=16, help="blocks per side")
     tune.add_argument("--out", default=None, help="write tau, the calibration and the sweep as JSON here (for q1net pack --tuned)")
 
-    from q1net.export.formats import VULKAN_DELEGATES
+    from q1net.export import VULKAN_DELEGATES
 
     export = commands.add_parser("export", help="export to ONNX / ExecuTorch (.pte, Vulkan or XNNPACK) and check parity")
     export.add_argument("--format", choices=("onnx", "pte"), default=None, help="one format (or --all)")

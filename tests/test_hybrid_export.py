@@ -15,7 +15,8 @@ from PIL import Image
 
 from q1net import Predictor
 from q1net.data.sources import GraphicsSource, SyntheticSource
-from q1net.export.formats import VULKAN_DELEGATES, hybrid_program, lower_hybrid, write_hybrid_pte
+from q1net.export import VULKAN_DELEGATES
+from q1net.export.formats import hybrid_program, lower_hybrid, write_hybrid_pte
 from q1net.export.hybrid import HybridTarget, export_hybrid, parity_cases, vulkan_partition
 from q1net.export.parity import ParityError
 

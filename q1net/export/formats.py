@@ -29,10 +29,7 @@ from q1net.nets.q1net import Q1Network
 from q1net.predictor.program import ANSWER_FIELDS, Q1Program, cut_regions
 
 Backend = Literal["xnnpack", "vulkan", "portable"]
-# What the whole predictor's Vulkan program delegates: the network's mosaic module alone (its graph checked here on the
-# portable kernels), or every operator the Vulkan partitioner takes (numerics only checkable on a Vulkan device).
-VulkanDelegate = Literal["network", "all"]
-VULKAN_DELEGATES: tuple[str, ...] = ("network", "all")
+VulkanDelegate = Literal["network", "all"]  # q1net.export.VULKAN_DELEGATES
 
 
 def output_names(net: Q1Network) -> list[str]:

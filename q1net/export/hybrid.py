@@ -63,13 +63,13 @@ def answers(run, predictor: Predictor, cases: list[np.ndarray]) -> tuple[list[tu
 
 def vulkan_partition(lowered, path: Path) -> str:
     """What the Vulkan program's delegates hold, checked against what it was lowered for; ParityError otherwise."""
-    delegates, scope = lowered.structure["delegates"], lowered.structure["vulkan_delegate"]
-    if scope == "network" and delegates != ["VulkanBackend"]:
-        raise ParityError(f"{path.name}: the network should be one VulkanBackend delegate, found {delegates}")
-    if scope == "all" and (len(delegates) < 2 or set(delegates) != {"VulkanBackend"}):
-        raise ParityError(f"{path.name}: Vulkan should take more than the network, found delegates {delegates}")
-    if scope == "network":
+    delegates = lowered.structure["delegates"]
+    if lowered.structure["vulkan_delegate"] == "network":
+        if delegates != ["VulkanBackend"]:
+            raise ParityError(f"{path.name}: the network should be one VulkanBackend delegate, found {delegates}")
         return "the network is one VulkanBackend delegate"
+    if len(delegates) < 2 or set(delegates) != {"VulkanBackend"}:
+        raise ParityError(f"{path.name}: Vulkan should take more than the network, found delegates {delegates}")
     return f"{len(delegates)} VulkanBackend delegates take every operator the partitioner supports; their numerics need a device"
 
 

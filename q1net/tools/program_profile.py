@@ -113,7 +113,8 @@ def vulkan_partition(predictor) -> dict:
     the delegate(s), and left to the portable kernels by type."""
     from executorch.devtools.backend_debug import get_delegation_info
 
-    from q1net.export.formats import VULKAN_DELEGATES, hybrid_program, lower_hybrid
+    from q1net.export import VULKAN_DELEGATES
+    from q1net.export.formats import hybrid_program, lower_hybrid
 
     program = hybrid_program(predictor.net.cpu(), predictor.tau, predictor.calibration, predictor.blocks, "vulkan")
     partitions = {}
