@@ -33,6 +33,7 @@ from q1net.forensics.quant_tables import ijg_equivalent_quality
 from q1net.nets.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
 from q1net.predictor.engines import Engine, EngineName, make_engine, program_runner
+from q1net.predictor.heap import keep_freed_memory
 from q1net.predictor.program import ANSWER_FIELDS, Evidence, Q1Program, answer_tensors, cut_regions, spread_index
 from q1net.predictor.rules import METHOD_CODES
 from q1net.predictor.weights import DEFAULT_PRETRAINED, WeightsError, load_net_file, load_weights, pretrained_path
@@ -165,6 +166,7 @@ class Predictor:
         self.calibration = calibration or Calibration()  # identity unless the weights carry a tuned one
         self.program = Q1Program(net.cpu(), tau, self.calibration, blocks, method=method).eval()
         self.net.to(self.device)
+        keep_freed_memory()  # the program's intermediates stay in the heap from one image to the next
 
     @classmethod
     def from_pretrained(
