@@ -5,8 +5,14 @@ import pytest
 
 from q1net.predictor.engines import make_engine
 from q1net.predictor.inference import Predictor
-from q1net.tools.bench import ENGINES, markdown, paired_ratio, ratios, stage_times, timed, timed_in_turn
+from q1net.tools.bench import ENGINES, markdown, network_gflop, paired_ratio, ratios, stage_times, timed, timed_in_turn
 from q1net.tools.program_profile import markdown_lines, program_section
+
+
+def test_network_flops_are_counted():
+    net = Predictor.from_pretrained(engine="torch").net
+    assert 3.5 < network_gflop(net, 256) < 4.5  # about 7.6 M multiply-adds a 16x16 patch
+    assert np.isclose(network_gflop(net, 512), 2 * network_gflop(net, 256))
 
 
 def test_stage_times_cover_every_stage(photo):
@@ -27,6 +33,7 @@ def fake_results() -> dict:
         "machine": {"date": "2026-11-25", "cpu": "test cpu", "cores": 2, "python": "3.11", "versions": {"torch": "x"}},
         "latency": latency,
         "blocks": blocks,
+        "network_gflop": 3.9,
         "throughput": [
             {"workers": 1, "images": 12, "wall_s": 6.0, "start_s": 2.0, "images_per_s": 2.0, "steady_images_per_s": 2.75, "peak_mb": 900.0}
         ],
@@ -72,6 +79,8 @@ def test_ratios_and_table():
         and "| 1 | 12 | 6.0 | 2.0 | 2.00 | 2.75 | 900 |" in table
     )
     assert table.count("| predict_overhead_over_decode |") == 1
+    assert results["ratios"]["network_over_decode"] == 0.5  # the network alone, 10 ms, against a 20 ms decode
+    assert "The network on 256 patches: 3.90 GFLOP (a multiply-add is two), 24 GFLOP/s" in table  # 160 ms at 16 blocks
     assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
     assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "(0.93x eager, taking turns; the export 31 s once)" in table
     assert "delegating network: 40 operators in 1 delegate(s), 700 on the portable kernels (aten_exp_default 30)" in table

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from q1net.predictor.inference import BLOCKS_DEFAULT
+
 SIZES = {"0.5MP": (816, 612), "2MP": (1632, 1224), "12MP": (4000, 3000)}
 BLOCK_SWEEP = (4, 8, 12, 16, 20, 24)
 JPEG_QUALITY = 75
@@ -165,6 +167,18 @@ def block_sweep(runners: dict, pixels: np.ndarray) -> list[dict]:
     return rows
 
 
+def network_gflop(net, patches: int) -> float:
+    """Floating-point operations (a multiply-add is two) of the network on `patches` 16x16 patches, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from q1net.data.geometry import GEOMETRY
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(patches, 3, GEOMETRY.patch, GEOMETRY.patch))
+    return counter.get_total_flops() / 1e9
+
+
 def latency_section(scratch: str) -> dict:
     """Per-stage seconds for each image size and file type, and the block sweep on 2 MP."""
     from q1net.data.images import read_image
@@ -184,7 +198,8 @@ def latency_section(scratch: str) -> dict:
             rows.append({"size": size, "pixels": width * height, "file": kind, "decode": decode, **stages})
         if size == "2MP":
             sweep = block_sweep(runners, pixels)
-    return {"latency": rows, "blocks": sweep, "peak_mb": peak_mb()}
+    patches = next(r["patches"] for r in sweep if r["blocks"] == BLOCKS_DEFAULT)
+    return {"latency": rows, "blocks": sweep, "network_gflop": network_gflop(predictor.net, patches), "peak_mb": peak_mb()}
 
 
 def predict_folder(folder: Path, workers: int) -> tuple[float, int, float]:
@@ -307,10 +322,11 @@ def ratios(results: dict) -> dict:
     row = next(r for r in results["latency"] if r["size"] == "2MP" and r["file"] == "png")
     network = min(row[f"network_{name}"] for name in ENGINES)
     cnn_overhead = row["grid"] + row["sampling"] + network + row["post"]
-    sweep = next(r for r in results["blocks"] if r["blocks"] == 16)
+    sweep = next(r for r in results["blocks"] if r["blocks"] == BLOCKS_DEFAULT)
     training = results["training"]
     return {
         "predict_overhead_over_decode": (cnn_overhead + row["lattice"]) / row["decode"],
+        "network_over_decode": network / row["decode"],
         "cnn_only_overhead_over_decode": cnn_overhead / row["decode"],
         "dataloader_over_train_step": training["data_all_workers"] / training["train_step"],
         "onnxruntime_speedup_over_eager": sweep["onnxruntime_speedup"],
@@ -322,6 +338,7 @@ def ratios(results: dict) -> dict:
 
 TARGETS = {
     "predict_overhead_over_decode": "<= 0.5",
+    "network_over_decode": "(floor of the above)",
     "cnn_only_overhead_over_decode": "(<= 0.5)",
     "dataloader_over_train_step": ">= 3",
     "onnxruntime_speedup_over_eager": ">= 1.5",
@@ -358,6 +375,12 @@ def markdown(results: dict) -> str:
     for r in results["blocks"]:
         cells = [r["sampling"], *(r[f"network_{e}"] for e in ENGINES)]
         lines.append(f"| {r['blocks']} | {r['patches']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
+    network = min(next(r for r in results["blocks"] if r["blocks"] == BLOCKS_DEFAULT)[f"network_{e}"] for e in ENGINES)
+    lines += [
+        "",
+        f"The network on {BLOCKS_DEFAULT * BLOCKS_DEFAULT} patches: {results['network_gflop']:.2f} GFLOP (a multiply-add is two), "
+        f"{results['network_gflop'] / network:.0f} GFLOP/s on its fastest engine here.",
+    ]
     lines += program_markdown(results["program"])
     lines += table_head(
         "`q1net predict` on a folder of 2 MP PNGs (start: the same command on one image; "
@@ -389,7 +412,7 @@ def run_bench(out: Path, workers: int | None = None) -> dict:
     results: dict = {"machine": machine(), "peak_mb": {}}
     with tempfile.TemporaryDirectory() as scratch:
         latency = in_fresh_process(latency_section, scratch)
-        results |= {"latency": latency["latency"], "blocks": latency["blocks"]}
+        results |= {"latency": latency["latency"], "blocks": latency["blocks"], "network_gflop": latency["network_gflop"]}
         results["peak_mb"]["latency"] = latency["peak_mb"]
         results |= in_fresh_process(program_section, scratch, photo(*SIZES["2MP"]))
         results |= in_fresh_process(throughput_section, scratch, workers)
