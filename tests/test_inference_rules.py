@@ -59,7 +59,9 @@ def test_regions_sit_at_multiples_of_8_and_hold_every_phase():
     n, side = REGIONS.per_side, REGIONS.side
     assert regions.shape == (n * n, 3, side, side) and regions.dtype == np.uint8
     assert (rows % 8 == 0).all() and (cols % 8 == 0).all() and rows[-1] + side <= 203 and cols[-1] + side <= 317
-    np.testing.assert_array_equal(regions[n + 2], image[rows[1] : rows[1] + side, cols[2] : cols[2] + side].transpose(2, 0, 1))
+    expected = [image[r : r + side, c : c + side].transpose(2, 0, 1) for r in rows for c in cols]  # row-major, channels first
+    np.testing.assert_array_equal(regions, np.stack(expected))
+    assert regions.flags.c_contiguous
     patches = origin_patches(image, 4)  # on a grid at the origin each patch starts 4 px before a block (8i - 4)
     assert patches.shape == (16, 3, 16, 16)
 
