@@ -263,7 +263,10 @@ def answer(cnn: Vote, fit: LatticeFit, found: bool = True, method: str = "hybrid
 
 def test_hybrid_rule():
     assert answer(vote_of(41.3), fit_of(40)) == (40.0, 40.0, 40.0, 1.0, False, True)  # a strong lattice answers
-    assert answer(vote_of(41.3), fit_of(40, strength=0.1)) == (41.3, 40.3, 42.3, 0.0, False, True)  # weak: the CNN stands
+    # weak: the CNN answers, undetermined (the lattice found evidence and no table), its range spans both readings
+    assert answer(vote_of(41.3), fit_of(40, strength=0.1)) == (41.3, 40.0, 42.3, 0.0, False, False)
+    no_lattice = fit_of(40, strength=0.1)._replace(found=t(False))
+    assert answer(vote_of(41.3), no_lattice) == (41.3, 40.3, 42.3, 0.0, False, True)  # no lattice evidence: the CNN alone
     assert answer(vote_of(41.3), fit_of(40, strength=0.1), found=False)[5] is False  # no grid found: not determined
     assert answer(vote_of(95.2), fit_of(96, plausible=(93, 94, 95, 96)))[:3] == (95.0, 93.0, 96.0)  # the CNN picks among ties
     assert answer(vote_of(50.0), fit_of(50, plausible=tuple(range(20, 90))))[5] is False  # a wide range is not determined
@@ -323,8 +326,9 @@ def test_an_undetermined_answer_spans_every_reading():
     # a weak lattice, voters too spread to determine: the lattice's plausible set reaches the truth beyond them
     weak = fit_of(99, strength=0.1, plausible=tuple(range(85, 101)))
     assert answer(vote_of(92.0, 86.0, 98.0), weak) == (92.0, 85.0, 100.0, 0.0, False, False)
-    # a determined answer keeps its own range
-    assert answer(vote_of(41.3), fit_of(40, strength=0.1, plausible=tuple(range(30, 60))))[1:3] == (40.3, 42.3)
+    # a determined answer (no lattice evidence: the CNN's alone) keeps its own range
+    no_lattice = fit_of(40, strength=0.1, plausible=tuple(range(30, 60)))._replace(found=t(False))
+    assert answer(vote_of(41.3), no_lattice)[1:3] == (40.3, 42.3)
 
 
 def test_recompressed_jpeg_file_is_flagged(scene, tmp_path):

@@ -98,6 +98,16 @@ def test_text_is_read_from_its_edges(predictor):
         assert result.quality_low <= quality <= result.quality_high and not result.recompressed
 
 
+@pytest.mark.parametrize("quality", [97, 100])
+def test_a_smooth_gradient_coded_high_is_not_a_determined_wrong_answer(predictor, quality):
+    """Its blocks look alike from 85 to 100: the network read 91..95 as determined, while the lattice, with evidence
+    enough on the found grid, fitted no table (strength about 0)."""
+    gradient = GraphicsSource(count=2, size=384, seed=1, kinds=("gradient",)).load(1)
+    result = predictor.predict(np.asarray(Image.open(io.BytesIO(jpeg_encode(gradient, quality)))))
+    assert result.grid_sure and result.lattice_strength is not None and result.lattice_strength < 0.5 and result.method == "cnn"
+    assert not result.determined and result.quality_low <= quality <= result.quality_high
+
+
 def test_a_webp_file_says_so_and_is_not_a_determined_jpeg_quality(predictor, photo, tmp_path):
     path = tmp_path / "photo.webp"
     Image.fromarray(photo).save(path, quality=70)

@@ -25,7 +25,11 @@ the kept qualities. Here, as well:
   lattice an IJG table comes near, which the CNN then answers. Otherwise the first, lower
   quality answers;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
-  and without a found grid the range is the whole scale (the blocks were read on a guess);
+  and without a found grid the range is the whole scale (the blocks were read on a guess).
+  Nor when the lattice had evidence enough on that grid and stayed weak: the coefficients sit
+  on no table's lattice clearly, and the network reads alike blocks that look alike (smooth
+  gradients coded at 85..100 read determined at 91..95, their truth outside; never a coded
+  photo on validation, 910 aligned and cropped at 1..100);
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
   lattice's plausible set (issue #13: gradients coded at 1 that a lattice read at 6..23, and
   at 85..100 whose voters stopped at 98). A determined answer's range is left as it is.
@@ -204,10 +208,10 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     low = torch.where(recompressed, first_low, torch.where(by_lattice, lattice_low, cnn.low))
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
-    determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~strong & cnn_determined)
+    lattice_read = fit.found & grid_found  # else the lattice's set says nothing: the voters' range alone
+    determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~lattice_read & cnn_determined)
     # undetermined and coded once: the range spans every reading, the lattice's plausible set and the CNN's voters
     span = ~determined & ~recompressed
-    lattice_read = fit.found & grid_found  # else the lattice's set says nothing: the voters' range alone
     reading_low = torch.minimum(cnn.low, torch.where(lattice_read, fit.quality_low, cnn.low))
     reading_high = torch.maximum(cnn.high, torch.where(lattice_read, fit.quality_high, cnn.high))
     low = torch.where(span, torch.minimum(low, reading_low), low)
