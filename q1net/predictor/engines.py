@@ -12,10 +12,10 @@ with a warning.
 
 Only the network changes engine: the rest of the program (grid, lattice, rules) runs eagerly in
 every case. The whole program exported to ONNX Runtime was measured against that, the two taking
-turns on a 2 MP photo's 256 regions (`make bench`, program section): 0.90x the eager time (83
-against 93 ms, 2026-12-03), for a one-off export of about 30 s per set of weights on first use;
-torch.compile took minutes to compile and ran slower. Neither is worth its cost here, so "auto"
-keeps the eager program.
+turns on a 2 MP photo's 256 regions (`make bench`, program section): 1.11x the eager time (80.6
+against 72.5 ms, 2026-12-03 05:33; 0.90x before the eager program stopped page-faulting its
+intermediates, q1net.predictor.heap), besides a one-off export of about 30 s per set of weights;
+torch.compile took minutes to compile and ran slower. So "auto" keeps the eager program.
 """
 
 from __future__ import annotations
