@@ -3,7 +3,7 @@ every image, and glibc's default policy hands them back to the kernel and faults
 
 glibc maps a block over its mmap threshold (128 KB at start, raised to the largest block freed so far, up to 32 MB)
 with its own pages, returned on free, and trims the heap's free top beyond twice that threshold. The program's
-intermediates (0.5 to 17 MB) come in many sizes, so a share of them is mapped, zeroed and faulted in again on every
+intermediates (up to a few MB) come in many sizes, so a share of them is mapped, zeroed and faulted in again on every
 image. Fixing the thresholds (MMAP_THRESHOLD, the largest glibc allows on 64 bits; TRIM_THRESHOLD, above the
 program's working set) keeps them in the heap. Measured whole-process, 5 runs each, taking turns: `predict` in a
 loop on six 2 MP arrays, wall 0.915x (0.89-0.94), system time 1.5 -> 0.5 s, peak memory +33 MB (800 MB); on twelve

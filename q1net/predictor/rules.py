@@ -27,9 +27,9 @@ the kept qualities. Here, as well:
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
   and without a found grid the range is the whole scale (the blocks were read on a guess).
   Nor when the lattice had evidence enough on that grid and stayed weak: the coefficients sit
-  on no table's lattice clearly, and the network reads alike blocks that look alike (smooth
-  gradients coded at 85..100 read determined at 91..95, their truth outside; never a coded
-  photo on validation, 910 aligned and cropped at 1..100);
+  on no table's lattice clearly, and the network's reading then rests on blocks that look alike
+  at many qualities (smooth gradients coded at 85..100 read determined at 91..95, their truth
+  outside; no coded photo of the validation set, 910 aligned and cropped at 1..100, was affected);
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
   lattice's plausible set (issue #13: gradients coded at 1 that a lattice read at 6..23, and
   at 85..100 whose voters stopped at 98). A determined answer's range is left as it is.
@@ -208,7 +208,7 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     low = torch.where(recompressed, first_low, torch.where(by_lattice, lattice_low, cnn.low))
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
-    lattice_read = fit.found & grid_found  # else the lattice's set says nothing: the voters' range alone
+    lattice_read = fit.found & grid_found  # the lattice had evidence on the grid the blocks were read on
     determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~lattice_read & cnn_determined)
     # undetermined and coded once: the range spans every reading, the lattice's plausible set and the CNN's voters
     span = ~determined & ~recompressed
