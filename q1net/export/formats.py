@@ -23,13 +23,13 @@ import torch
 
 from q1net import __version__
 from q1net.data.geometry import GEOMETRY
+from q1net.export import VulkanDelegate
 from q1net.export.mosaic import MosaicNetwork, MosaicQ1Net
 from q1net.nets.onnx import example_patches, network_onnx
 from q1net.nets.q1net import Q1Network
 from q1net.predictor.program import ANSWER_FIELDS, Q1Program, cut_regions
 
 Backend = Literal["xnnpack", "vulkan", "portable"]
-VulkanDelegate = Literal["network", "all"]  # q1net.export.VULKAN_DELEGATES
 
 
 def output_names(net: Q1Network) -> list[str]:

@@ -35,7 +35,7 @@ PORTABLE_CASES = 3  # images the undelegated Vulkan graph runs on (its convoluti
 class HybridTarget:
     format: str  # onnx | pte
     backend: str | None = None  # xnnpack | vulkan for pte
-    vulkan_delegate: str = "network"  # for vulkan (q1net.export.formats.VulkanDelegate)
+    vulkan_delegate: str = "network"  # for vulkan (q1net.export.VulkanDelegate)
 
     @property
     def name(self) -> str:

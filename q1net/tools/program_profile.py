@@ -109,7 +109,7 @@ def xnnpack(program, inputs: tuple[torch.Tensor, ...], patches: np.ndarray, scra
 
 
 def vulkan_partition(predictor) -> dict:
-    """The Vulkan whole-predictor program's operators, lowered each way (q1net.export.formats.VULKAN_DELEGATES): in
+    """The Vulkan whole-predictor program's operators, lowered each way (q1net.export.VULKAN_DELEGATES): in
     the delegate(s), and left to the portable kernels by type."""
     from executorch.devtools.backend_debug import get_delegation_info
 
