@@ -198,8 +198,8 @@ def latency_section(scratch: str) -> dict:
             rows.append({"size": size, "pixels": width * height, "file": kind, "decode": decode, **stages})
         if size == "2MP":
             sweep = block_sweep(runners, pixels)
-    patches = next(r["patches"] for r in sweep if r["blocks"] == BLOCKS_DEFAULT)
-    return {"latency": rows, "blocks": sweep, "network_gflop": network_gflop(predictor.net, patches), "peak_mb": peak_mb()}
+    network = network_gflop(predictor.net, BLOCKS_DEFAULT * BLOCKS_DEFAULT)
+    return {"latency": rows, "blocks": sweep, "network_gflop": network, "peak_mb": peak_mb()}
 
 
 def predict_folder(folder: Path, workers: int) -> tuple[float, int, float]:
@@ -311,6 +311,16 @@ def machine() -> dict:
     }
 
 
+def fastest_network(row: dict) -> float:
+    """Seconds of the network on the fastest engine of a latency or block-sweep row."""
+    return min(row[f"network_{name}"] for name in ENGINES)
+
+
+def default_blocks(results: dict) -> dict:
+    """The block-sweep row at the predictor's default blocks per side."""
+    return next(r for r in results["blocks"] if r["blocks"] == BLOCKS_DEFAULT)
+
+
 def ratios(results: dict) -> dict:
     """The ratios issue #6 sets targets for, from the 2 MP PNG row at 256 blocks (the network: the fastest engine).
 
@@ -320,9 +330,9 @@ def ratios(results: dict) -> dict:
     eager and ONNX Runtime, and the XNNPACK whole program over the network-only one.
     """
     row = next(r for r in results["latency"] if r["size"] == "2MP" and r["file"] == "png")
-    network = min(row[f"network_{name}"] for name in ENGINES)
+    network = fastest_network(row)
     cnn_overhead = row["grid"] + row["sampling"] + network + row["post"]
-    sweep = next(r for r in results["blocks"] if r["blocks"] == BLOCKS_DEFAULT)
+    sweep = default_blocks(results)
     training = results["training"]
     return {
         "predict_overhead_over_decode": (cnn_overhead + row["lattice"]) / row["decode"],
@@ -375,7 +385,7 @@ def markdown(results: dict) -> str:
     for r in results["blocks"]:
         cells = [r["sampling"], *(r[f"network_{e}"] for e in ENGINES)]
         lines.append(f"| {r['blocks']} | {r['patches']} | " + " | ".join(f"{ms * c:.1f}" for c in cells) + " |")
-    network = min(next(r for r in results["blocks"] if r["blocks"] == BLOCKS_DEFAULT)[f"network_{e}"] for e in ENGINES)
+    network = fastest_network(default_blocks(results))
     lines += [
         "",
         f"The network on {BLOCKS_DEFAULT * BLOCKS_DEFAULT} patches: {results['network_gflop']:.2f} GFLOP (a multiply-add is two), "
