@@ -35,7 +35,10 @@ def fake_results() -> dict:
         "blocks": blocks,
         "network_gflop": 3.9,
         "throughput": [
-            {"workers": 1, "images": 12, "wall_s": 6.0, "start_s": 2.0, "images_per_s": 2.0, "steady_images_per_s": 2.75, "peak_mb": 900.0}
+            {"file": f, "workers": w, "images": 12, "wall_s": 6.0, "start_s": 2.0, "images_per_s": 2.0}
+            | {"steady_images_per_s": 2.75 * w, "peak_mb": 900.0}
+            for f in ("png", "jpeg")
+            for w in (1, 2)
         ],
         "training": {"data_one_stream": 3000.0, "data_workers": 2, "data_all_workers": 6000.0, "train_step": 1500.0},
         "peak_mb": {"latency": 800.0, "training": 700.0},
@@ -76,8 +79,10 @@ def test_ratios_and_table():
         "test cpu, 2 cores" in table
         and "| 12MP | jpeg |" in table
         and "| 16 | 256 |" in table
-        and "| 1 | 12 | 6.0 | 2.0 | 2.00 | 2.75 | 900 |" in table
+        and "| png | 1 | 12 | 6.0 | 2.0 | 2.00 | 2.75 | 900 |" in table
+        and "| jpeg | 2 | 12 | 6.0 | 2.0 | 2.00 | 5.50 | 900 |" in table
     )
+    assert results["ratios"]["folder_jpeg_images_per_s"] == 5.5  # the JPEG folder with the most workers
     assert table.count("| predict_overhead_over_decode |") == 1
     assert results["ratios"]["network_over_decode"] == 0.5  # the network alone, 10 ms, against a 20 ms decode
     assert "The network on 256 patches: 3.90 GFLOP (a multiply-add is two), 24 GFLOP/s" in table  # 160 ms at 16 blocks
