@@ -48,7 +48,13 @@ def fake_results() -> dict:
             "engine": "onnxruntime",
             "eager": {"seconds": 0.2, "top": [{"operator": "aten::exp", "ms": 40.0, "calls": 28}]},
             "onnxruntime": {"seconds": 0.15, "top": [{"operator": "Conv", "ms": 38.0}], "export_seconds": 31.0, "over_eager": 0.93},
-            "xnnpack": {"whole_seconds": 0.14, "network_seconds": 0.028, "whole_over_network": 5.0},
+            "xnnpack": {
+                "whole_seconds": 0.14,
+                "network_seconds": 0.028,
+                "detect_seconds": 0.01,
+                "detect_fit_seconds": 0.09,
+                "whole_over_network": 5.0,
+            },
             "vulkan": {
                 "network": {
                     "delegates": 1,
@@ -87,6 +93,7 @@ def test_ratios_and_table():
     assert results["ratios"]["network_over_decode"] == 0.5  # the network alone, 10 ms, against a 20 ms decode
     assert "The network on 256 patches: 3.90 GFLOP (a multiply-add is two), 24 GFLOP/s" in table  # 160 ms at 16 blocks
     assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
+    assert "its first stages exported alone: grid detection 10.0, detection and the lattice fit 90.0." in table
     assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "(0.93x eager, taking turns; the export 31 s once)" in table
     assert "delegating network: 40 operators in 1 delegate(s), 700 on the portable kernels (aten_exp_default 30)" in table
     assert "delegating all: 600 operators in 9 delegate(s), 140 on the portable kernels (aten_topk_default 5)" in table
@@ -106,7 +113,8 @@ def test_program_section_profiles_every_form(photo, tmp_path):
     assert section["regions"] == 256 and section["patches"] == 256
     assert section["eager"]["top"] and section["onnxruntime"]["top"]
     assert section["onnxruntime"]["over_eager"] > 0 and section["onnxruntime"]["export_seconds"] > 0
-    assert section["xnnpack"]["whole_seconds"] > 0 and section["xnnpack"]["network_seconds"] > 0
+    xnnpack = section["xnnpack"]
+    assert all(xnnpack[f"{name}_seconds"] > 0 for name in ("whole", "network", "detect", "detect_fit"))
     network, everything = section["vulkan"]["network"], section["vulkan"]["all"]
     assert network["delegates"] == 1 and everything["delegates"] > 1
     assert everything["delegated_operators"] > network["delegated_operators"]

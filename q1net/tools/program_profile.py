@@ -5,8 +5,8 @@ and in each exported form, on the regions of one decoded photo (256 at the defau
   by self time (torch.profiler);
 - ONNX Runtime: the program exported whole (`q1net export --program hybrid --format onnx`), in all and by operator
   type (ONNX Runtime's own profile), taking turns with eager (their paired ratio), and the export's one-off seconds;
-- ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, the
-  two taking turns;
+- ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, and its
+  first stages exported alone (grid detection; detection and the lattice fit), all taking turns;
 - ExecuTorch Vulkan: how much of the program its delegates take, lowered either way (the network alone; every
   operator the partitioner supports): operators in them, and those left to the portable kernels, by type. Its
   kernels do not run here (the pip runtime has no Vulkan backend).
@@ -18,10 +18,12 @@ import json
 import statistics
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from q1net.tools.bench import paired_ratio, timed_in_turn
 
@@ -91,21 +93,46 @@ def onnx_runtime_top(profiled, feeds: dict, repeats: int) -> list[dict]:
     return [{"operator": name, "ms": micros / 1000 / (repeats + 1)} for name, micros in by_type.most_common(TOP)]
 
 
+class FirstStages(nn.Module):
+    """The program's grid detection, and with `fit` the lattice fit after it, as a program of its own: what the whole
+    program spends before the network, timed alone in a runtime. Returns every tensor the stages give the rest."""
+
+    def __init__(self, program, fit: bool) -> None:
+        super().__init__()
+        self.program, self.fit = program, fit
+
+    def forward(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        phase, read_once = self.program.detect(regions, rows, cols)
+        return (*phase, read_once, *self.program.fit(regions, phase, read_once)) if self.fit else (*phase, read_once)
+
+
+def xnnpack_pte(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path) -> Path:
+    """`module` lowered to ExecuTorch with XNNPACK taking what it supports, written to `out`."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        exported = torch.export.export(module.eval(), inputs)
+    out.write_bytes(to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    return out
+
+
 def xnnpack(program, inputs: tuple[torch.Tensor, ...], patches: np.ndarray, scratch: Path, repeats: int) -> dict:
-    """Seconds of the XNNPACK whole-predictor program and of the network-only XNNPACK program on the same patches."""
+    """Seconds of the XNNPACK whole-predictor program, of its first stages alone (`FirstStages`) and of the
+    network-only XNNPACK program on the same patches."""
     from q1net.export.formats import export_pte, lower_hybrid, write_hybrid_pte
     from q1net.export.parity import pte_runner
     from q1net.predictor.engines import program_runner
 
     whole = program_runner(write_hybrid_pte(program, lower_hybrid(program, "xnnpack"), scratch / "program_xnnpack.pte"))
+    detect = program_runner(xnnpack_pte(FirstStages(program, fit=False), inputs, scratch / "detect_xnnpack.pte"))
+    fit = program_runner(xnnpack_pte(FirstStages(program, fit=True), inputs, scratch / "detect_fit_xnnpack.pte"))
     network = pte_runner(export_pte(program.net, scratch / "network_xnnpack.pte", "xnnpack"))
     batch = torch.from_numpy(patches).float()
-    times = timed_in_turn({"whole": lambda: whole(*inputs), "network": lambda: network(batch)}, repeats)
-    return {
-        "whole_seconds": statistics.median(times["whole"]),
-        "network_seconds": statistics.median(times["network"]),
-        "whole_over_network": paired_ratio(times["whole"], times["network"]),
-    }
+    programs = {"whole": whole, "detect": detect, "detect_fit": fit}
+    times = timed_in_turn({name: partial(run, *inputs) for name, run in programs.items()} | {"network": partial(network, batch)}, repeats)
+    seconds = {f"{name}_seconds": statistics.median(series) for name, series in times.items()}
+    return seconds | {"whole_over_network": paired_ratio(times["whole"], times["network"])}
 
 
 def vulkan_partition(predictor) -> dict:
@@ -163,7 +190,8 @@ def markdown_lines(section: dict) -> list[str]:
         f"eager (network on {section['engine']}) {1000 * section['eager']['seconds']:.1f}; ONNX Runtime, exported whole "
         f"{1000 * ort['seconds']:.1f} ({ort['over_eager']:.2f}x eager, taking turns; the export {ort['export_seconds']:.0f} s "
         f"once); ExecuTorch XNNPACK, whole {1000 * x['whole_seconds']:.1f} against "
-        f"the network alone {1000 * x['network_seconds']:.1f} ({x['whole_over_network']:.2f}x).",
+        f"the network alone {1000 * x['network_seconds']:.1f} ({x['whole_over_network']:.2f}x); its first stages exported "
+        f"alone: grid detection {1000 * x['detect_seconds']:.1f}, detection and the lattice fit {1000 * x['detect_fit_seconds']:.1f}.",
         *(
             f"Vulkan program, delegating {scope}: {v['delegated_operators']} operators in {v['delegates']} delegate(s), "
             f"{v['portable_operators']} on the portable kernels ("
