@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image, JpegPresets
+from PIL import Image, ImageFilter, JpegPresets
 
 from q1net.data.images import read_image
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
 from q1net.forensics.clipping import clipped_blocks
 from q1net.forensics.dct import PIXEL_MAX
-from q1net.forensics.lattice import TIE_NATS, LatticeFit, log_no_lattice, same_values
+from q1net.forensics.lattice import TIE_NATS, LatticeFit, coarser_lattice, log_no_lattice, same_values
 from q1net.forensics.ops import FAR
 from q1net.forensics.quant_tables import (
     IJG_LUMA_TABLES,
@@ -219,8 +219,11 @@ def t(value) -> torch.Tensor:
     return torch.tensor(value)
 
 
-def fit_of(quality: int, strength: float = 50.0, plausible: tuple[int, ...] | None = None, ijg: bool = True, double=None) -> LatticeFit:
-    """A LatticeFit as the verifier would return it (double: (first quality, gain))."""
+def fit_of(
+    quality: int, strength: float = 50.0, plausible: tuple[int, ...] | None = None, ijg: bool = True, double=None, table: int | None = None
+) -> LatticeFit:
+    """A LatticeFit as the verifier would return it (double: (first quality, gain); table: the finer IJG table whose
+    lattice the steps are whole multiples of)."""
     allowed = torch.zeros(100, dtype=torch.bool)
     for q in plausible or (quality,):
         allowed[q - 1] = True
@@ -245,6 +248,8 @@ def fit_of(quality: int, strength: float = 50.0, plausible: tuple[int, ...] | No
         double_gain=t(gain),
         single_low=t(float(min(plausible or (quality,)))),
         steps_ijg=t(ijg),
+        table_quality=t(float(table or quality)),
+        sublattice=t(table is not None),
     )
 
 
@@ -317,6 +322,46 @@ def test_steps_of_a_first_ijg_coding_seen_through_the_second_are_an_ijg_tables(p
     only_dc = torch.zeros(64, dtype=torch.bool)
     only_dc[0] = True
     assert not bool(program.lattice.matches_an_ijg_table(seen_through, only_dc, last))  # one step tells nothing
+
+
+def test_coarser_lattice_tells_a_coarse_table_from_a_first_coding_seen_through_a_finer_one():
+    """Steps about twice the best IJG table's (another encoder's coarse table) are a coarser lattice; whole multiples
+    (a first coding under the table) are that and a sublattice; the table's own steps, or steps clamped at 255 far
+    beyond it, are neither."""
+    table = torch.from_numpy(ijg_luma_table(23)).float()
+    known = torch.zeros(64, dtype=torch.bool)
+    known[[0, 1, 2, 8, 9, 10, 16, 17]] = True
+    annex_k_12 = torch.from_numpy(other_encoder_tables("annex_k", 16)[0]).float()  # 69, 47, 43 against 35, 24, 22
+    assert [bool(x) for x in coarser_lattice(annex_k_12, known, table)] == [True, False]
+    assert [bool(x) for x in coarser_lattice(3 * table, known, table)] == [True, True]
+    assert [bool(x) for x in coarser_lattice(table, known, table)] == [False, False]
+    fine = torch.from_numpy(ijg_luma_table(90)).float()
+    assert [bool(x) for x in coarser_lattice(torch.full((64,), 255.0), known, fine)] == [False, False]
+    one_known = torch.zeros(64, dtype=torch.bool)
+    one_known[0] = True
+    assert [bool(x) for x in coarser_lattice(3 * table, one_known, table)] == [False, False]
+
+
+@pytest.mark.parametrize("nominal", [16, 18])
+def test_a_table_about_twice_an_ijg_tables_reads_at_its_own_equivalent(program, nominal):
+    """Annex K scaled to equivalent 12 (nominal 16: steps about twice IJG 23's; 18: four times Table K.1, exactly twice
+    IJG 25's) on a smooth picture, where few levels but 0 and 1 are seen: the finer IJG table fits with a prior's
+    penalty only, and was read (25 for 12, determined) before the coarser lattice was checked."""
+    smooth = np.asarray(Image.fromarray(SyntheticSource(count=1, size=256, seed=5).load(0)).filter(ImageFilter.GaussianBlur(1)))
+    luma, chroma = other_encoder_tables("annex_k", nominal)
+    _, fit, _, found = locate(program, read_image(io.BytesIO(jpeg_encode(smooth, 75, "4:2:2", [luma.tolist(), chroma.tolist()]))).pixels)
+    truth = ijg_equivalent_quality(luma)
+    assert bool(found) and not bool(fit.ijg) and abs(int(fit.quality) - truth) <= 1
+    assert int(fit.quality_low) <= truth <= int(fit.quality_high) and int(fit.table_quality) > truth + 5
+
+
+def test_a_cnn_far_under_a_finer_table_whose_lattice_the_steps_are_whole_multiples_of_flags():
+    """Coded at 10, then at 30: the steps are three times 30's, the answer is the coarse table's equivalent (10), and
+    the CNN far under the table seen through (30) shows the two codings, as under an IJG lattice."""
+    through_30 = fit_of(10, ijg=False, plausible=(8, 9, 10, 11, 12), table=30)._replace(steps_ijg=t(True))  # IJG 10's, through 30's
+    assert answer(vote_of(10.0), through_30)[4] is True
+    coarse_table = through_30._replace(sublattice=t(False))  # near the finer lattice's points, not on them: one coding
+    assert answer(vote_of(10.0), coarse_table)[:5] == (10.0, 8.0, 12.0, 1.0, False)
 
 
 def test_an_undetermined_answer_spans_every_reading():

@@ -33,7 +33,14 @@ a table twice an IJG table's steps sits on that table's lattice, and Annex K sca
 another law often is; only the free steps show it.) They are read as their IJG-equivalent
 quality (q1net.forensics.quant_tables); the range is then every IJG quality that could be
 the whole table's equivalent, whatever the steps the pixels do not pin down turn out to be
-(each at most the smallest clear coefficient seen at its frequency).
+(each at most the smallest clear coefficient seen at its frequency). They answer too when they
+are two to four times the best IJG table's (`coarser_lattice`): a table about twice an IJG table's
+steps fits that table's lattice with only a prior's penalty (misfit 1.3 on a validation photo
+under Annex K scaled to an equivalent of 12, read 23), but one coding with the finer table would
+have left its odd levels, the commonest, and there are none. Where the steps are whole multiples
+of the table's (`sublattice`: coded at 10, then at 30, they are three times 30's), a first, coarser
+coding seen through its lattice fits as well as one coding with the coarse table; the answer is the
+coarse table's either way, and whether it was two codings is the rules' call (q1net.predictor.rules).
 
 Double coding (q1 then q2 > q1 on the same grid) leaves coefficients on q2's lattice but
 only at the points s2 * round(s1 j / s2) that q1's levels reach: `double_gain` is how much
@@ -78,6 +85,10 @@ STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the
 CONFIRM_STRENGTH = 2.0
 MISFIT_MAX = 5.0  # nats per unit of evidence: IJG-coded val photos (q5..100) reach 3.2, scaled Annex K tables start at 7.3
 IJG_MATCH_SHARE = 0.75  # share of the known steps on an IJG table's from which the estimate is that table
+# Estimated steps between these many times the best table's (on IJG_MATCH_SHARE of the known ones): a coarser lattice, near
+# its every second to fourth point. Further out, steps clamped at 255 (a first coding at 1..3 seen through a fine table's
+# lattice: coded at 1, then at 90, the steps are 85..128 times 90's) are no whole multiples of the table's either.
+COARSER_RATIOS = (1.5, 4.5)
 KNOWN_MIN_NONZERO = 8  # an estimated step is known when this many blocks quantise to a clear non-zero level
 DC_KNOWN_MIN_STEP = math.ceil(5 * SIGMA_DC)  # smaller DC steps drown in the flat-block rounding noise
 # A non-zero level is clear from this |coefficient| on (about 8 noise std: noise around a zero level, as 4:2:2 or
@@ -180,6 +191,8 @@ class LatticeFit(NamedTuple):
     double_gain: torch.Tensor  # nats per unit of evidence the double model gains over one table
     single_low: torch.Tensor  # the lowest IJG-equivalent one coding with the estimated steps can have
     steps_ijg: torch.Tensor  # bool: the estimated steps the pixels pin down are one IJG table's (a first IJG coding's)
+    table_quality: torch.Tensor  # the best IJG table's quality
+    sublattice: torch.Tensor  # bool: the steps are whole multiples of that table's (`coarser_lattice`)
 
     @property
     def strong(self) -> torch.Tensor:
@@ -194,6 +207,20 @@ class LatticeFit(NamedTuple):
 def textured(c: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     """(N,) bool: usable blocks with an AC coefficient of FLAT_AC or more."""
     return usable & (c[:, 1:].abs().amax(dim=1) >= FLAT_AC)
+
+
+def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coarser, whole), bools: on IJG_MATCH_SHARE of the `known` (64,) per-frequency `steps` (at least two) they are
+    COARSER_RATIOS times the IJG `table`'s: the coefficients sit at or near every second (to fourth) point of its
+    lattice only, which one coding with that table cannot leave (its first levels are its commonest, a Laplacian's
+    bins); `whole`: whole multiples there, a first, coarser coding seen through the table's lattice (or one coding with
+    a table that many times it: the pixels cannot tell the two apart)."""
+    share = IJG_MATCH_SHARE * known.sum()
+    ratio = steps / table
+    enough = known.sum() >= 2
+    coarse = ((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share
+    whole = ((steps == torch.round(ratio) * table) & known).sum() >= share  # exact however division rounds
+    return coarse & enough, coarse & whole & enough
 
 
 def same_values(values: torch.Tensor) -> torch.Tensor:
@@ -319,7 +346,9 @@ class LatticeVerifier(nn.Module):
         log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
         equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
         misfit = (estimated_ll - screen.max()) / top_unit
-        ijg = (misfit <= MISFIT_MAX) | ~known.any()
+        best_table = take(self.tables, best)
+        coarser, sublattice = coarser_lattice(steps, known, best_table)
+        ijg = ((misfit <= MISFIT_MAX) & ~coarser) | ~known.any()
         quality_index = torch.where(ijg, best, equivalent)
         allowed = (ijg & plausible) | (~ijg & equivalent_set)  # a bool select: ONNX Runtime has no Where on booleans
         strength = torch.where(ijg, (take(table, best) - no_lattice) / per_unit, (estimated_ll - estimated_over) / top_unit)
@@ -332,7 +361,6 @@ class LatticeVerifier(nn.Module):
         # (The blocks come sorted, most textured first: the double model reads the first DOUBLE_BLOCKS.)
         c_double, p0_double, ac_double = c_top[:DOUBLE_BLOCKS], p0_top[:DOUBLE_BLOCKS], ac_top[:DOUBLE_BLOCKS]
         double_unit = torch.maximum(ac_double, dc_top[:DOUBLE_BLOCKS]).sum()  # the double model reads unclipped blocks only
-        best_table = take(self.tables, best)
         # One batch of 101 pairs (first, second): row t < best is (table t, best), t > best (best, table t), t = best the
         # best table alone; the last row the per-frequency estimate alone.
         index = torch.arange(len(IJG_QUALITIES))
@@ -369,6 +397,8 @@ class LatticeVerifier(nn.Module):
             double_gain=double_gain.clamp(min=0.0),
             single_low=take(qualities, first_true(equivalent_set)),
             steps_ijg=self.matches_an_ijg_table(steps, known, best_table),
+            table_quality=take(qualities, best),
+            sublattice=sublattice,
         )
 
     def matches_an_ijg_table(self, steps: torch.Tensor, known: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

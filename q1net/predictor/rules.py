@@ -23,7 +23,8 @@ the kept qualities. Here, as well:
   the per-frequency steps are no IJG table's (not even seen through the finer lattice) and
   their own equivalents reach the CNN's range: one coding with a coarse camera table whose
   lattice an IJG table comes near, which the CNN then answers. Otherwise the first, lower
-  quality answers;
+  quality answers. Where the lattice's steps are whole multiples of a finer IJG table's (coded at
+  10, then at 30), the CNN is compared with that table, the second coding's;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
   and without a found grid the range is the whole scale (the blocks were read on a guess).
   Nor when the lattice had evidence enough on that grid and stayed weak: the coefficients sit
@@ -171,7 +172,10 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     strong = fit.strong & grid_found  # a lattice on a phase nobody confirmed says nothing
     cnn_voice = ~cnn.fallback & (cnn.support >= MIN_SUPPORT)
     double = strong & (fit.double_gain >= DOUBLE_GAIN_MIN)
-    cnn_far_under = strong & cnn_voice & (cnn.high < fit.quality_low - AGREE_LEVELS)
+    # coefficients on every second (to fourth) point of an IJG table's lattice: a first, coarser coding under that table,
+    # or one coding with a table that many times it; the CNN far under that table speaks for two codings, as below
+    lattice_low = torch.where(fit.sublattice, fit.table_quality, fit.quality_low)
+    cnn_far_under = strong & cnn_voice & (cnn.high < lattice_low - AGREE_LEVELS)
     # that shows an earlier coding only when no single table explains both: the estimated steps' own equivalents reach
     # down to the CNN when the coefficients sit on a coarse camera table's lattice that an IJG table comes near; then
     # that one coding is the answer, and the CNN reads it
