@@ -217,10 +217,9 @@ def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tenso
     a table that many times it: the pixels cannot tell the two apart)."""
     share = IJG_MATCH_SHARE * known.sum()
     ratio = steps / table
-    enough = known.sum() >= 2
-    coarse = ((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share
+    coarse = (((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share) & (known.sum() >= 2)
     whole = ((steps == torch.round(ratio) * table) & known).sum() >= share  # exact however division rounds
-    return coarse & enough, coarse & whole & enough
+    return coarse, coarse & whole
 
 
 def same_values(values: torch.Tensor) -> torch.Tensor:
