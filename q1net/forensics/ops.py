@@ -45,8 +45,10 @@ def exp_(x: torch.Tensor) -> torch.Tensor:
 
 
 def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(exp(a) + exp(b)) without overflow, spelled out."""
-    return torch.maximum(a, b).add_(exp_((a - b).abs_().neg_()).log1p_())
+    """log(exp(a) + exp(b)) without overflow, spelled out. The smaller term's share x = e^-|a - b| is in (0, 1], where
+    log(1 + x) is within 6e-8 of log1p(x): torch's log1p takes a slow path for small x (1 M shares spread over
+    e^-90..1: 9.5 ms, log(1 + x) 0.8 ms), and the ONNX exporter writes log1p as log(1 + x) anyway."""
+    return torch.maximum(a, b).add_(exp_((a - b).abs_().neg_()).add_(1.0).log_())
 
 
 def log_sum_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
