@@ -144,21 +144,35 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full_like(log_p0[..., :1], -math.log(DC_RANGE)), log_p0[..., 1:]], dim=-1)
 
 
-def log_lattice_ac(c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
-    """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s); (N, P) for pairs (P,)."""
+def log_lattice_ac(
+    c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...], log_share: float = 0.0
+) -> torch.Tensor:
+    """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s), plus `log_share`
+    (the lattice's share of a mixture); (N, P) for pairs (P,).
+
+    The constants of each step go into two small tensors first (the prior of level 0, and of level k != 0 but for its
+    -|k| s / b), so each lattice point costs four fused passes over the large tensor (addcmul), not fifteen."""
     nearest = (c / steps).round_()
     ratio = steps / scale
-    log_zero_bin = torch.log(-torch.expm1(-ratio / 2))
-    log_bin_width = math.log(0.5) + torch.log(-torch.expm1(-ratio))  # a Laplacian's mass in bin k != 0, times exp((|k| - 1/2) s / b)
-    log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
+    log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi)) + log_share
+    zero_prior = torch.log(-torch.expm1(-ratio / 2)).add_(log_norm)
+    # a Laplacian's mass in bin k != 0 is exp(-(|k| - 1/2) s / b) (1 - e^(-s / b)) / 2
+    away_prior = torch.log(-torch.expm1(-ratio)).add_(ratio / 2).add_(math.log(0.5) + log_norm)
     terms = []
     for shift in shifts:
         level = nearest + shift if shift else nearest
         size = level.abs()
-        log_prior = torch.where(size == 0, log_zero_bin, (size - 0.5).mul_(ratio).neg_().add_(log_bin_width))
-        squared = (steps * level).neg_().add_(c).div_(SIGMA).square_().mul_(0.5)  # ((c - s k) / sigma)^2 / 2
-        terms.append(log_prior.add_(log_norm).sub_(squared))
+        log_prior = torch.where(size == 0, zero_prior, torch.addcmul(away_prior, size, ratio, value=-1.0))
+        miss = torch.addcmul(c, steps, level, value=-1.0)  # c - s k
+        terms.append(log_prior.addcmul_(miss, miss, value=-0.5 / SIGMA**2))
     return terms[0] if len(terms) == 1 else log_sum_exp(torch.stack(terms), dim=0)
+
+
+def log_mixture_ac(
+    c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...], log_p0: torch.Tensor
+) -> torch.Tensor:
+    """log p(c | s): the lattice (`log_lattice_ac`) with share 1 - eps, "no lattice" (`log_p0`) with eps."""
+    return log_add_exp(log_lattice_ac(c, steps, scale, shifts, LOG_KEEP), log_p0 + LOG_EPS)
 
 
 def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor, shifts: tuple[int, ...] = DC_SHIFTS) -> torch.Tensor:
@@ -283,16 +297,16 @@ class LatticeVerifier(nn.Module):
             ],
             dim=1,
         )  # (N, STEP_MAX)
-        columns, p0, b = c[:, 1:, None], log_p0[:, 1:, None] + LOG_EPS, scale[1:, None]  # (N, 63, 1)
+        columns, p0, b = c[:, 1:, None], log_p0[:, 1:, None], scale[1:, None]  # (N, 63, 1)
         fine, coarse = self.steps[: FINE_STEP - 1], self.steps[FINE_STEP - 1 :]
         ac_ll = torch.cat(
             [
-                log_add_exp(log_lattice_ac(columns, fine, b, AC_SHIFTS).add_(LOG_KEEP), p0),
-                log_add_exp(log_lattice_ac(columns, coarse, b, (0,)).add_(LOG_KEEP), p0),
+                (ac @ log_mixture_ac(columns, part, b, shifts, p0).flatten(1)).reshape(63, -1)  # weighted sum over blocks
+                for part, shifts in ((fine, AC_SHIFTS), (coarse, (0,)))
             ],
-            dim=2,
-        )  # (N, 63, STEP_MAX)
-        return torch.cat([(dc_ll * dc[:, None]).sum(dim=0)[:, None], ac_ll.mul_(ac[:, None, None]).sum(dim=0).T], dim=1)
+            dim=1,
+        )  # (63, STEP_MAX)
+        return torch.cat([(dc_ll * dc[:, None]).sum(dim=0)[:, None], ac_ll.T], dim=1)
 
     def table_log_likelihoods(
         self, tables: torch.Tensor, c: torch.Tensor, scale: torch.Tensor, log_p0: torch.Tensor, ac: torch.Tensor, dc: torch.Tensor
@@ -300,8 +314,7 @@ class LatticeVerifier(nn.Module):
         """(T,) weighted log-likelihood of whole tables (T, 64) on every block, dense (for a few tables)."""
         steps = tables[None]  # (1, T, 64)
         coefficient = c[:, None, :]  # (N, 1, 64)
-        ac_ll = log_lattice_ac(coefficient[..., 1:], steps[..., 1:], scale[None, None, 1:], AC_SHIFTS)
-        ac_ll = log_add_exp(ac_ll.add_(LOG_KEEP), log_p0[:, None, 1:] + LOG_EPS)  # (N, T, 63)
+        ac_ll = log_mixture_ac(coefficient[..., 1:], steps[..., 1:], scale[None, None, 1:], AC_SHIFTS, log_p0[:, None, 1:])  # (N, T, 63)
         dc_ll = log_add_exp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
         return (ac_ll.sum(dim=2) * ac[:, None]).sum(dim=0) + (dc_ll * dc[:, None]).sum(dim=0)
 
@@ -426,8 +439,7 @@ class LatticeVerifier(nn.Module):
         coefficients = self.declip(clipped.seen[top], clipped.high[top], clipped.low[top], tables)  # (T, B, 64)
         scale = self.scales(c[top], weight)
         log_p0 = log_no_lattice(coefficients, scale)[..., 1:]
-        lattice = log_lattice_ac(coefficients[..., 1:], tables[:, None, 1:], scale[1:], AC_SHIFTS)
-        ratio = log_add_exp(lattice.add_(LOG_KEEP), log_p0 + LOG_EPS).sub_(log_p0).sum(dim=2)
+        ratio = log_mixture_ac(coefficients[..., 1:], tables[:, None, 1:], scale[1:], AC_SHIFTS, log_p0).sub_(log_p0).sum(dim=2)
         return (ratio * weight).sum(dim=1), weight.sum()
 
     @staticmethod
