@@ -144,27 +144,39 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full_like(log_p0[..., :1], -math.log(DC_RANGE)), log_p0[..., 1:]], dim=-1)
 
 
+def level_priors(ratio: torch.Tensor, log_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(k | s) of a Laplacian's quantisation bins at the step-to-scale `ratio` s / b, with the noise's norm and
+    `log_share` (a mixture's) added, as two tensors of the steps' small shape: level 0's, and that of levels k != 0
+    but for their -|k| s / b (a bin k != 0 holds exp(-(|k| - 1/2) s / b) (1 - e^(-s / b)) / 2)."""
+    log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi)) + log_share
+    zero = torch.log(-torch.expm1(-ratio / 2)).add_(log_norm)
+    away = torch.log(-torch.expm1(-ratio)).add_(ratio / 2).add_(math.log(0.5) + log_norm)
+    return zero, away
+
+
+def log_level_terms(
+    level: torch.Tensor, miss: torch.Tensor, ratio: torch.Tensor, priors: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """log P(k | s) N(miss; SIGMA) for levels k whose lattice point misses the coefficient by `miss`, `priors` from
+    `level_priors`: four fused passes over the large tensor (the constants are in the small ones), not fifteen."""
+    size = level.abs()
+    zero, away = priors
+    log_prior = torch.where(size == 0, zero, torch.addcmul(away, size, ratio, value=-1.0))
+    return log_prior.addcmul_(miss, miss, value=-0.5 / SIGMA**2)
+
+
 def log_lattice_ac(
     c: torch.Tensor, steps: torch.Tensor, scale: torch.Tensor, shifts: tuple[int, ...], log_share: float = 0.0
 ) -> torch.Tensor:
     """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s), plus `log_share`
-    (the lattice's share of a mixture); (N, P) for pairs (P,).
-
-    The constants of each step go into two small tensors first (the prior of level 0, and of level k != 0 but for its
-    -|k| s / b), so each lattice point costs four fused passes over the large tensor (addcmul), not fifteen."""
+    (the lattice's share of a mixture); (N, P) for pairs (P,)."""
     nearest = (c / steps).round_()
     ratio = steps / scale
-    log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi)) + log_share
-    zero_prior = torch.log(-torch.expm1(-ratio / 2)).add_(log_norm)
-    # a Laplacian's mass in bin k != 0 is exp(-(|k| - 1/2) s / b) (1 - e^(-s / b)) / 2
-    away_prior = torch.log(-torch.expm1(-ratio)).add_(ratio / 2).add_(math.log(0.5) + log_norm)
+    priors = level_priors(ratio, log_share)
     terms = []
     for shift in shifts:
         level = nearest + shift if shift else nearest
-        size = level.abs()
-        log_prior = torch.where(size == 0, zero_prior, torch.addcmul(away_prior, size, ratio, value=-1.0))
-        miss = torch.addcmul(c, steps, level, value=-1.0)  # c - s k
-        terms.append(log_prior.addcmul_(miss, miss, value=-0.5 / SIGMA**2))
+        terms.append(log_level_terms(level, torch.addcmul(c, steps, level, value=-1.0), ratio, priors))  # c - s k
     return terms[0] if len(terms) == 1 else log_sum_exp(torch.stack(terms), dim=0)
 
 
@@ -466,16 +478,14 @@ class LatticeVerifier(nn.Module):
         With `first` = `second` this is the single table's AC likelihood under the same approximations.
         The DC is the second table's either way and is left out.
         """
-        s1, s2 = first[:, 1:, None, None], second[:, 1:, None, None]  # (T, 63, 1, 1)
-        coefficient, b = c[:, 1:].T[None, :, :, None], scale[1:][None, :, None, None]  # (1, 63, N, 1)
-        level = torch.round(coefficient / s1) + torch.tensor(DOUBLE_LEVELS, dtype=torch.float32)  # (100, 63, N, L)
-        landed = (s1 * level).div_(s2).round_().mul_(s2)  # s2 * round(s1 j / s2)
-        ratio = s1 / b
-        size = level.abs()
-        log_bin_width = math.log(0.5) + torch.log(-torch.expm1(-ratio))
-        log_prior = torch.where(size == 0, torch.log(-torch.expm1(-ratio / 2)), (size - 0.5).mul_(ratio).neg_().add_(log_bin_width))
-        log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi))
-        squared = landed.neg_().add_(coefficient).div_(SIGMA).square_().mul_(0.5)
-        lattice = log_sum_exp(log_prior.add_(log_norm).sub_(squared), dim=3)  # (100, 63, N)
-        ll = log_add_exp(lattice.add_(LOG_KEEP), log_p0[:, 1:].T[None] + LOG_EPS)
-        return (ll * ac[None, None, :]).sum(dim=(1, 2))
+        s1, s2 = first[:, 1:, None], second[:, 1:, None]  # (T, 63, 1)
+        coefficient, ratio = c[:, 1:].T, s1 / scale[1:, None]  # (63, N), (T, 63, 1)
+        nearest = torch.round(coefficient / s1)  # (T, 63, N)
+        priors = level_priors(ratio, LOG_KEEP)
+        terms = []
+        for shift in DOUBLE_LEVELS:
+            level = nearest + shift if shift else nearest
+            landed = (s1 * level).div_(s2).round_().mul_(s2)  # s2 * round(s1 j / s2)
+            terms.append(log_level_terms(level, landed.neg_().add_(coefficient), ratio, priors))
+        ll = log_add_exp(log_sum_exp(torch.stack(terms), dim=0), log_p0[:, 1:].T + LOG_EPS)  # (T, 63, N)
+        return (ll @ ac).sum(dim=1)
