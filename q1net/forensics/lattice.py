@@ -146,22 +146,24 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def level_priors(ratio: torch.Tensor, log_share: float) -> tuple[torch.Tensor, torch.Tensor]:
     """log P(k | s) of a Laplacian's quantisation bins at the step-to-scale `ratio` s / b, with the noise's norm and
-    `log_share` (a mixture's) added, as two tensors of the steps' small shape: level 0's, and that of levels k != 0
-    but for their -|k| s / b (a bin k != 0 holds exp(-(|k| - 1/2) s / b) (1 - e^(-s / b)) / 2)."""
+    `log_share` (a mixture's) added, as two tensors of the steps' small shape: level 0's, and how far that is above
+    the line the levels k != 0 are on, -|k| s / b plus a constant (a bin k != 0 holds exp(-(|k| - 1/2) s / b)
+    (1 - e^(-s / b)) / 2)."""
     log_norm = -math.log(SIGMA * math.sqrt(2 * math.pi)) + log_share
     zero = torch.log(-torch.expm1(-ratio / 2)).add_(log_norm)
     away = torch.log(-torch.expm1(-ratio)).add_(ratio / 2).add_(math.log(0.5) + log_norm)
-    return zero, away
+    return zero, zero - away
 
 
 def log_level_terms(
     level: torch.Tensor, miss: torch.Tensor, ratio: torch.Tensor, priors: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
-    """log P(k | s) N(miss; SIGMA) for levels k whose lattice point misses the coefficient by `miss`, `priors` from
-    `level_priors`: four fused passes over the large tensor (the constants are in the small ones), not fifteen."""
+    """log P(k | s) N(miss; SIGMA) for whole levels k whose lattice point misses the coefficient by `miss`, `priors`
+    from `level_priors`: fused passes over the large tensor, the constants in the small ones. Level 0 is told from
+    the others by min(|k|, 1), a clamp, not by a comparison and a select (both slow here)."""
     size = level.abs()
-    zero, away = priors
-    log_prior = torch.where(size == 0, zero, torch.addcmul(away, size, ratio, value=-1.0))
+    zero, above_line = priors
+    log_prior = torch.addcmul(zero, size, ratio, value=-1.0).addcmul_(size.clamp(max=1.0), above_line, value=-1.0)
     return log_prior.addcmul_(miss, miss, value=-0.5 / SIGMA**2)
 
 
