@@ -419,3 +419,21 @@ def test_the_in_place_log_sums_match_torch_and_leave_their_inputs_alone():
     near = steps[DC_NEAR_STEP - 1 :]
     assert torch.equal(log_lattice_dc(dc, near, NEAR_SHIFTS), log_lattice_dc(dc, near, DC_SHIFTS))
     assert torch.equal(a, kept[0]) and torch.equal(b, kept[1]) and torch.equal(c, kept_c)
+
+
+def test_the_fused_level_terms_are_the_laplacian_bin_masses_times_the_noise_density():
+    """The lattice's terms run as fused multiply-adds with level 0 told apart by min(|k|, 1) (q1net.forensics.lattice):
+    they must equal log P(k | s) + log N(miss; SIGMA) written out, for level 0 and levels either side, at coarse and
+    fine step-to-scale ratios."""
+    from q1net.forensics.lattice import SIGMA, level_priors, log_level_terms
+
+    ratio = torch.tensor([0.05, 0.5, 2.0, 9.0])[:, None]  # (4, 1): steps over the Laplacian's scale
+    level = torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0, 7.0])[None, :]  # (1, 6)
+    miss = torch.tensor([0.4, -0.1, 0.0, 0.25, -0.3, 0.05])[None, :]
+    share = math.log(0.95)
+    zero_bin = torch.log(1 - torch.exp(-ratio / 2))  # a Laplacian's mass within half a step of 0
+    other_bins = math.log(0.5) + torch.log(1 - torch.exp(-ratio)) - (level.abs() - 0.5) * ratio
+    noise = -0.5 * (miss / SIGMA) ** 2 - math.log(SIGMA * math.sqrt(2 * math.pi))
+    expected = torch.where(level == 0, zero_bin, other_bins) + noise + share
+    fused = log_level_terms(level.expand(4, -1), miss.expand(4, -1), ratio, level_priors(ratio, share))
+    assert torch.allclose(fused, expected, rtol=1e-5, atol=1e-5)
