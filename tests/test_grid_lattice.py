@@ -340,6 +340,13 @@ def test_coarser_lattice_tells_a_coarse_table_from_a_first_coding_seen_through_a
     one_known = torch.zeros(64, dtype=torch.bool)
     one_known[0] = True
     assert [bool(x) for x in coarser_lattice(3 * table, one_known, table)] == [False, False]
+    # Annex K at nominal 4 on a test photo, against IJG 27's table: three of four known steps 4x its, one not (117 for
+    # 120): one coding, which a first coding seen through 27's lattice cannot leave
+    steps, table_27, four_known = torch.ones(64), torch.from_numpy(ijg_luma_table(27)).float(), torch.zeros(64, dtype=torch.bool)
+    four_known[[0, 1, 8, 9]] = True
+    steps[[0, 1, 8, 9]] = torch.tensor([117.0, 80.0, 88.0, 88.0])
+    assert table_27[[0, 1, 8, 9]].tolist() == [30.0, 20.0, 22.0, 22.0]
+    assert [bool(x) for x in coarser_lattice(steps, four_known, table_27)] == [True, False]
 
 
 @pytest.mark.parametrize("nominal", [16, 18])

@@ -241,12 +241,14 @@ def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tenso
     """(coarser, whole), bools: on IJG_MATCH_SHARE of the `known` (64,) per-frequency `steps` (at least two) they are
     COARSER_RATIOS times the IJG `table`'s: the coefficients sit at or near every second (to fourth) point of its
     lattice only, which one coding with that table cannot leave (its first levels are its commonest, a Laplacian's
-    bins); `whole`: whole multiples there, a first, coarser coding seen through the table's lattice (or one coding with
-    a table that many times it: the pixels cannot tell the two apart)."""
+    bins); `whole`: whole multiples at every known step, as a first, coarser coding seen through the table's lattice
+    leaves them (or one coding with a table that many times it: the pixels cannot tell the two apart). A table near
+    such multiples but off them at one known step (Annex K at nominal 4: 117, 80, 88, 88 against IJG 27's 30, 20, 22,
+    22) is one coding."""
     share = IJG_MATCH_SHARE * known.sum()
     ratio = steps / table
     coarse = (((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share) & (known.sum() >= 2)
-    whole = ((steps == torch.round(ratio) * table) & known).sum() >= share  # exact however division rounds
+    whole = ((steps == torch.round(ratio) * table) | ~known).all()  # exact however division rounds
     return coarse, coarse & whole
 
 
