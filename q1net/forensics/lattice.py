@@ -248,7 +248,7 @@ def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tenso
     share = IJG_MATCH_SHARE * known.sum()
     ratio = steps / table
     coarse = (((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share) & (known.sum() >= 2)
-    whole = ((steps == torch.round(ratio) * table) | ~known).all()  # exact however division rounds
+    whole = ~((steps != torch.round(ratio) * table) & known).any()  # exact however division rounds; no `all` kernel in ExecuTorch
     return coarse, coarse & whole
 
 
