@@ -199,6 +199,11 @@ def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor, shifts: tuple[int, ...]
     return torch.log(steps / DC_RANGE) + log_norm + log_sum_exp(terms, dim=0)
 
 
+def log_mixture_dc(c: torch.Tensor, steps: torch.Tensor, log_p0: torch.Tensor, shifts: tuple[int, ...] = DC_SHIFTS) -> torch.Tensor:
+    """log p(c | s) of DC coefficients: the lattice (`log_lattice_dc`) with share 1 - eps, "no lattice" (`log_p0`) with eps."""
+    return log_add_exp(log_lattice_dc(c, steps, shifts).add_(LOG_KEEP), log_p0 + LOG_EPS)
+
+
 class LatticeFit(NamedTuple):
     """The verifier's answer, as tensors (scalars are 0-d). Qualities are on the IJG 1..100 scale."""
 
@@ -304,13 +309,9 @@ class LatticeVerifier(nn.Module):
     ) -> torch.Tensor:
         """(STEP_MAX, 64): the weighted sum over blocks of log p(c | s) for every step 1..STEP_MAX at every frequency,
         dense: the per-frequency estimate's search, and every IJG table's score gathered from it."""
-        dc_column, dc_p0 = c[:, :1], log_p0[:, :1] + LOG_EPS
         small, large = self.steps[: DC_NEAR_STEP - 1], self.steps[DC_NEAR_STEP - 1 :]
         dc_ll = torch.cat(
-            [
-                log_add_exp(log_lattice_dc(dc_column, small).add_(LOG_KEEP), dc_p0),
-                log_add_exp(log_lattice_dc(dc_column, large, NEAR_SHIFTS).add_(LOG_KEEP), dc_p0),
-            ],
+            [log_mixture_dc(c[:, :1], part, log_p0[:, :1], shifts) for part, shifts in ((small, DC_SHIFTS), (large, NEAR_SHIFTS))],
             dim=1,
         )  # (N, STEP_MAX)
         columns, p0, b = c[:, 1:, None], log_p0[:, 1:, None], scale[1:, None]  # (N, 63, 1)
@@ -331,7 +332,7 @@ class LatticeVerifier(nn.Module):
         steps = tables[None]  # (1, T, 64)
         coefficient = c[:, None, :]  # (N, 1, 64)
         ac_ll = log_mixture_ac(coefficient[..., 1:], steps[..., 1:], scale[None, None, 1:], AC_SHIFTS, log_p0[:, None, 1:])  # (N, T, 63)
-        dc_ll = log_add_exp(log_lattice_dc(coefficient[..., 0], steps[..., 0]) + LOG_KEEP, log_p0[:, None, 0] + LOG_EPS)  # (N, T)
+        dc_ll = log_mixture_dc(coefficient[..., 0], steps[..., 0], log_p0[:, None, 0])  # (N, T)
         return (ac_ll.sum(dim=2) * ac[:, None]).sum(dim=0) + (dc_ll * dc[:, None]).sum(dim=0)
 
     def forward(self, c: torch.Tensor, usable: torch.Tensor, clipped: Clipped) -> LatticeFit:
