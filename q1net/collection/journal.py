@@ -100,6 +100,10 @@ class Journal:
     def chunk_files(self) -> list[Path]:
         return sorted(self.parts.glob("*/chunk-*.parquet"))
 
+    def rows_written(self) -> int:
+        """Rows on disk so far, from the chunks' footers (cheap: a watcher can poll it while the run writes)."""
+        return sum(pq.read_metadata(chunk).num_rows for chunk in self.chunk_files())
+
     def done(self) -> Done:
         """The item indices that have their row (any process, any earlier session)."""
         return Done(

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from q1net.atomic import write_atomically
-from q1net.collection.journal import read_rows
+from q1net.collection.journal import Journal, read_rows
 from q1net.data.images import find_images, load_rgb
 
 CROP = 256
@@ -76,12 +76,6 @@ def descendants(pid: int) -> list[int]:
     return children + [grandchild for child in children for grandchild in descendants(child)]
 
 
-def rows_written(out: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.read_metadata(chunk).num_rows for chunk in Path(f"{out}.parts").glob("*/chunk-*.parquet"))
-
-
 def predict(*args: object) -> list[str]:
     return [sys.executable, "-m", "q1net.cli", "predict", *map(str, args), "--quiet"]
 
@@ -92,7 +86,7 @@ def whole_folder(folder: Path, out: Path, early: int) -> dict:
     start, peak, peak_early = time.perf_counter(), 0.0, None
     while process.poll() is None:
         peak = max(peak, tree_rss_mb(process.pid))
-        if peak_early is None and Path(f"{out}.parts").exists() and rows_written(out) >= early:
+        if peak_early is None and Path(f"{out}.parts").exists() and Journal(out).rows_written() >= early:
             peak_early = peak
         time.sleep(0.5)
     process.wait()
@@ -129,7 +123,7 @@ def killed_and_resumed(listing: Path, out: Path, reference: list[dict], kills: i
         for pid in family:  # the pool's workers would follow their parent; a kill -9 of the whole job is the worst case
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        moments.append(rows_written(out))
+        moments.append(Journal(out).rows_written())
     finished = subprocess.run(command, capture_output=True, text=True)
     rows = list(read_rows(out))
     paths = [row["path"] for row in rows]
