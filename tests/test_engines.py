@@ -1,4 +1,4 @@
-"""ONNX Runtime and PyTorch engines give the same answers; the ONNX file is cached; workers change nothing."""
+"""ONNX Runtime, PyTorch and the compiled forensic stage give the same answers; their files are cached; workers change nothing."""
 
 import json
 import os
@@ -12,8 +12,9 @@ import torch
 
 from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
+from q1net.data.sources import GraphicsSource
 from q1net.nets.q1net import create_model
-from q1net.predictor.engines import cache_dir, cached_onnx, make_engine
+from q1net.predictor.engines import CompiledLocator, cache_dir, cached_onnx, locator_path, make_engine
 from q1net.predictor.weights import load_weights, pretrained_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,24 @@ def test_onnx_file_is_cached_by_weights(net):
     other = create_model("q1net_baseline", k=4)
     assert cached_onnx(other) != first
     assert not [p for p in first.parent.iterdir() if p.name.startswith("tmp")]  # no leftovers of the atomic write
+
+
+def test_compiled_stage_gives_the_eager_answers_and_auto_takes_it_once_cached(net, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("Q1NET_CACHE", str(tmp_path))
+    eager = Predictor(net, engine="onnxruntime")
+    assert not isinstance(Predictor(net).locate, CompiledLocator)  # auto: not compiled while the cache has none
+    compiled = Predictor(net, engine="compiled")  # builds the package (about 40 s here)
+    assert isinstance(compiled.locate, CompiledLocator) and locator_path(compiled.program).is_file()
+    graphics = GraphicsSource(count=6, seed=2)
+    images = [jpeg_roundtrip(photo, q) for photo in photos for q in (8, 35, 70, 95)]
+    images += [jpeg_roundtrip(graphics.load(i), 40 + 10 * i) for i in range(len(graphics))]
+    images += [photos[0][3:, 5:], jpeg_roundtrip(jpeg_roundtrip(photos[1], 30)[2:, 1:], 80)]  # cropped; never coded
+    fields = ("quality", "quality_low", "quality_high", "determined", "method", "recompressed", "grid", "grid_sure", "lattice_quality")
+    for a, b in zip(eager.predict_batch(images), compiled.predict_batch(images), strict=True):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+        assert a.lattice_strength == pytest.approx(b.lattice_strength, abs=0.05)
+    assert isinstance(Predictor(net).locate, CompiledLocator)  # auto: the cached package, not built again
+    assert locator_path(Predictor(net, blocks=4).program) != locator_path(compiled.program)  # another shape, another build
 
 
 def test_engine_names_are_checked(net):

@@ -10,12 +10,15 @@ kept in a cache folder (Q1NET_CACHE, else $XDG_CACHE_HOME/q1net, else
 parallel workers can share it; any failure to export falls back to PyTorch
 with a warning.
 
-Only the network changes engine: the rest of the program (grid, lattice, rules) runs eagerly in
-every case. The whole program exported to ONNX Runtime was measured against that, the two taking
-turns on a 2 MP photo's 256 regions (`make bench`, program section): 1.11x the eager time (80.6
-against 72.5 ms, 2026-12-03 05:33; 0.90x before the eager program stopped page-faulting its
-intermediates, q1net.predictor.heap), besides a one-off export of about 30 s per set of weights;
-torch.compile took minutes to compile and ran slower. So "auto" keeps the eager program.
+The forensic stage (grid detection and the lattice fit, `Q1Program.locate`: hundreds of element-wise
+operators that eager torch runs one at a time) has an engine of its own, "compiled": compiled ahead of time
+by Inductor (torch.export, then AOTInductor: fused C++ loops) into a package in the same cache, built on
+first use (35-45 s here, once per q1net source, torch version and block count) and loaded in milliseconds
+after. On a 2 MP photo's 256 regions it takes 16-19 ms against 34-45 eager (2 threads; `make bench`),
+and the network runs on ONNX Runtime beside it. "auto" uses it when its package is already in the cache
+(`--engine compiled` builds it once), and otherwise the eager stage: a one-image `q1net predict` should
+not wait for a compiler. (The whole program exported to ONNX Runtime ran at 0.98-1.11x the eager one,
+and torch.compile of the whole program, network included, compiled for minutes and ran slower.)
 """
 
 from __future__ import annotations
@@ -24,17 +27,24 @@ import hashlib
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from q1net import __version__
+from q1net.forensics.grid import GridPhase
+from q1net.forensics.lattice import LatticeFit
 from q1net.nets.q1net import Q1Network
+from q1net.predictor.program import Q1Program
 
-EngineName = Literal["auto", "torch", "onnxruntime"]
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+EngineName = Literal["auto", "torch", "onnxruntime", "compiled"]
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "compiled")
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the q1net sources a compiled stage is built from
+Located = tuple[GridPhase, LatticeFit, torch.Tensor, torch.Tensor]  # Q1Program.locate's answer
 
 
 class Engine(Protocol):
@@ -104,21 +114,104 @@ def cached_onnx(net: Q1Network) -> Path:
 
 
 def make_engine(net: Q1Network, engine: EngineName = "auto", device: torch.device | None = None) -> Engine:
-    """The engine asked for; "auto" is ONNX Runtime on CPU (faster there) and PyTorch elsewhere."""
+    """The network's engine; "auto" (and "compiled") is ONNX Runtime on CPU (faster there) and PyTorch elsewhere."""
     device = device or torch.device("cpu")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "torch" or (engine == "auto" and device.type != "cpu"):
         return TorchEngine(net, device)
     if device.type != "cpu":
-        raise ValueError(f"the onnxruntime engine runs on the CPU, not {device}")
+        raise ValueError(f"the {engine} engine runs on the CPU, not {device}")
     try:
         return OnnxEngine(cached_onnx(net), torch.get_num_threads())
     except Exception as error:
-        if engine == "onnxruntime":
+        if engine != "auto":
             raise
         warnings.warn(f"ONNX Runtime unavailable ({type(error).__name__}: {error}); using PyTorch", stacklevel=2)
         return TorchEngine(net, device)
+
+
+class Locator(nn.Module):
+    """`Q1Program.locate` with its answer as a flat tuple of tensors, the outputs AOTInductor packages hold."""
+
+    def __init__(self, program: Q1Program) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        phase, fit, read_once, found = self.program.locate(regions, rows, cols)
+        return (*phase, *fit, read_once, found)
+
+
+def located(outputs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> Located:
+    """`Locator`'s flat outputs as `Q1Program.locate` answers them."""
+    phase_end = len(GridPhase._fields)
+    fit_end = phase_end + len(LatticeFit._fields)
+    return GridPhase(*outputs[:phase_end]), LatticeFit(*outputs[phase_end:fit_end]), outputs[fit_end], outputs[fit_end + 1]
+
+
+def sources_digest(program: Q1Program) -> str:
+    """A name for the compiled stage: every q1net source file (any edit may change what `locate` computes), the torch
+    version, and the program's shapes (regions and blocks per side)."""
+    digest = hashlib.sha256(f"{torch.__version__}|{__version__}|{program.per_side}|{program.blocks}".encode())
+    for source in sorted(PACKAGE_ROOT.rglob("*.py")):
+        digest.update(source.relative_to(PACKAGE_ROOT).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def locator_path(program: Q1Program) -> Path:
+    return cache_dir() / "compiled" / f"locate-{sources_digest(program)}.pt2"
+
+
+def cached_locator(program: Q1Program) -> Path:
+    """The program's forensic stage compiled by AOTInductor, in the cache; built on first use (about 40 s here)."""
+    path = locator_path(program)
+    if not path.is_file():
+        n, side = program.per_side, program.geometry.side
+        starts = torch.from_numpy(program.geometry.starts(n * side, n))  # any values: the stage's shapes are fixed
+        example = (torch.zeros(n * n, 3, side, side, dtype=torch.uint8), starts, starts)
+        with torch.no_grad():
+            exported = torch.export.export(Locator(program).eval(), example)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from torch._inductor import aoti_compile_and_package
+
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            built = aoti_compile_and_package(exported, package_path=str(Path(scratch) / path.name))
+            os.replace(built, path)  # atomic, as the ONNX file
+    return path
+
+
+class CompiledLocator:
+    """A loaded package of `cached_locator`, called as `Q1Program.locate` is."""
+
+    def __init__(self, package: Callable[..., list[torch.Tensor]]) -> None:
+        self.package = package
+
+    def __call__(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> Located:
+        return located(self.package(regions, rows, cols))
+
+
+def make_locator(
+    program: Q1Program, engine: EngineName = "auto", device: torch.device | None = None
+) -> CompiledLocator | Callable[..., Located]:
+    """What runs the program's forensic stage: the compiled package ("compiled", or "auto" when it is already in
+    the cache, on CPU), else the eager `program.locate`."""
+    device = device or torch.device("cpu")
+    if device.type != "cpu" or engine not in ("auto", "compiled"):
+        return program.locate
+    if engine == "auto" and not locator_path(program).is_file():
+        return program.locate
+    try:
+        from torch._inductor import aoti_load_package
+
+        compiled = aoti_load_package(str(cached_locator(program)))
+    except Exception as error:
+        if engine == "compiled":
+            raise
+        warnings.warn(f"the compiled stage is unusable ({type(error).__name__}: {error}); running it eagerly", stacklevel=2)
+        return program.locate
+    return CompiledLocator(compiled)
 
 
 def program_runner(path: Path):

@@ -32,7 +32,7 @@ from q1net.data.images import MAX_PIXELS_DEFAULT, Decoded, conversion_notes, jpe
 from q1net.forensics.quant_tables import ijg_equivalent_quality
 from q1net.nets.q1net import Q1Network
 from q1net.predictor.calibration import Calibration
-from q1net.predictor.engines import Engine, EngineName, make_engine, program_runner
+from q1net.predictor.engines import Engine, EngineName, make_engine, make_locator, program_runner
 from q1net.predictor.heap import keep_freed_memory
 from q1net.predictor.program import ANSWER_FIELDS, Evidence, Q1Program, answer_tensors, cut_regions, spread_index
 from q1net.predictor.rules import METHOD_CODES
@@ -165,6 +165,7 @@ class Predictor:
         self.tau, self.blocks, self.method, self.max_pixels = tau, blocks, method, max_pixels
         self.calibration = calibration or Calibration()  # identity unless the weights carry a tuned one
         self.program = Q1Program(net.cpu(), tau, self.calibration, blocks, method=method).eval()
+        self.locate = make_locator(self.program, engine, self.device)  # the grid and lattice: compiled when cached
         self.net.to(self.device)
         keep_freed_memory()  # the program's intermediates stay in the heap from one image to the next
 
@@ -217,7 +218,8 @@ class Predictor:
             for image in images:
                 check_size(image.pixels)
                 regions, rows, cols = cut_regions(image.pixels, per_side=self.program.per_side)
-                evidence = self.program.evidence(torch.from_numpy(regions), torch.from_numpy(rows), torch.from_numpy(cols), self.network)
+                pieces = (torch.from_numpy(a) for a in (regions, rows, cols))
+                evidence = self.program.evidence(*pieces, network=self.network, locate=self.locate)
                 header = None if image.jpeg_luma_table is None else ijg_equivalent_quality(image.jpeg_luma_table)
                 found.append(ImageEvidence(evidence, rows, cols, header, image.codec, image.notes))
         return found

@@ -176,9 +176,10 @@ class Q1Program(nn.Module):
         coefficients = seen.flatten(1) @ self.block_dct  # (B, 64)
         return self.lattice(coefficients, read_once & ~clipped, Clipped(seen, high, low, read_once & clipped))
 
-    def evidence(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, network=None) -> Evidence:
-        """Grid, lattice and CNN evidence from the regions (`network`: another runner of the same net, e.g. ONNX Runtime)."""
-        phase, fit, read_once, found = self.locate(regions, rows, cols)
+    def evidence(self, regions: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, network=None, locate=None) -> Evidence:
+        """Grid, lattice and CNN evidence from the regions (`network`: another runner of the same net, e.g. ONNX Runtime;
+        `locate`: another runner of `locate`, e.g. compiled)."""
+        phase, fit, read_once, found = (locate or self.locate)(regions, rows, cols)
         zero = torch.zeros_like(phase.dy)
         dy, dx = torch.where(found, phase.dy, zero), torch.where(found, phase.dx, zero)
         patches = self.patches_on_grid(regions.index_select(0, self.cnn_regions), dy, dx)
