@@ -18,14 +18,15 @@ def test_network_flops_are_counted():
 def test_stage_times_cover_every_stage(photo):
     predictor = Predictor.from_pretrained(engine="torch", blocks=4)
     runners = {"torch": make_engine(predictor.net, "torch")}
-    stages = stage_times(predictor, runners, photo, repeats=1)
-    assert set(stages) == {"grid", "sampling", "network_torch", "post", "lattice"}
+    stages = stage_times(predictor, runners, photo, repeats=1, compiled=predictor.program.locate)  # any runner of locate
+    assert set(stages) == {"grid", "sampling", "network_torch", "post", "lattice", "compiled_stage"}
     assert all(np.isfinite(v) and v >= 0 for v in stages.values())
     assert timed(lambda: None, 2) >= 0
 
 
 def fake_results() -> dict:
-    stage = {"decode": 0.02, "grid": 0.001, "sampling": 0.001, "post": 0.0001, "lattice": 0.004} | {f"network_{e}": 0.01 for e in ENGINES}
+    stage = {"decode": 0.02, "grid": 0.001, "sampling": 0.001, "post": 0.0001, "lattice": 0.004, "compiled_stage": 0.003}
+    stage |= {f"network_{e}": 0.01 for e in ENGINES}
     latency = [{"size": s, "pixels": 1, "file": f} | stage for s in ("0.5MP", "2MP", "12MP") for f in ("png", "jpeg")]
     network = {"onnxruntime_speedup": 1.25}
     blocks = [{"blocks": b, "patches": b * b, "sampling": 0.001} | {f"network_{e}": 0.01 * b for e in ENGINES} | network for b in (4, 16)]
@@ -34,6 +35,7 @@ def fake_results() -> dict:
         "latency": latency,
         "blocks": blocks,
         "network_gflop": 3.9,
+        "compile_seconds": 41.0,
         "throughput": [
             {"file": f, "workers": w, "images": 12, "wall_s": 6.0, "start_s": 2.0, "images_per_s": 2.0}
             | {"steady_images_per_s": 2.75 * w, "peak_mb": 900.0}
@@ -47,6 +49,7 @@ def fake_results() -> dict:
             "patches": 256,
             "engine": "onnxruntime",
             "eager": {"seconds": 0.2, "top": [{"operator": "aten::exp", "ms": 40.0, "calls": 28}]},
+            "compiled": {"seconds": 0.16, "over_eager": 0.8},
             "onnxruntime": {"seconds": 0.15, "top": [{"operator": "Conv", "ms": 38.0}], "export_seconds": 31.0, "over_eager": 0.93},
             "xnnpack": {
                 "whole_seconds": 0.14,
@@ -79,6 +82,9 @@ def test_ratios_and_table():
     assert results["ratios"]["dataloader_over_train_step"] == 4.0
     assert results["ratios"]["onnxruntime_speedup_over_eager"] == 1.25
     assert results["ratios"]["verifier_over_network"] == 0.4  # lattice 4 ms against the network's 10
+    # grid and lattice: the compiled 3 ms beat eager 1 + 4; with the rules, against the network's 10
+    assert np.isclose(results["ratios"]["grid_lattice_rules_over_network"], (0.003 + 0.0001) / 0.01)
+    assert np.isclose(results["ratios"]["predict_overhead_over_decode"], (0.001 + 0.01 + 0.0001 + 0.003) / 0.02)
     assert np.isclose(results["ratios"]["cnn_only_overhead_over_decode"], (0.001 + 0.001 + 0.01 + 0.0001) / 0.02)
     table = markdown(results)
     assert (
@@ -95,6 +101,8 @@ def test_ratios_and_table():
     assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
     assert "its first stages exported alone: grid detection 10.0, detection and the lattice fit 90.0." in table
     assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "(0.93x eager, taking turns; the export 31 s once)" in table
+    assert "grid and lattice compiled (`--engine compiled`) 160.0 (0.80x eager, taking turns)" in table
+    assert "built once in 41 s" in table and "| 2MP | png | 20.0 | 1.0 | 1.0 |" in table
     assert "delegating network: 40 operators in 1 delegate(s), 700 on the portable kernels (aten_exp_default 30)" in table
     assert "delegating all: 600 operators in 9 delegate(s), 140 on the portable kernels (aten_topk_default 5)" in table
 
@@ -111,7 +119,7 @@ def test_program_section_profiles_every_form(photo, tmp_path):
     """Eager and ONNX Runtime top operators, XNNPACK whole against the network alone, the Vulkan partition."""
     section = program_section(str(tmp_path), photo, repeats=1)["program"]
     assert section["regions"] == 256 and section["patches"] == 256
-    assert section["eager"]["top"] and section["onnxruntime"]["top"]
+    assert section["eager"]["top"] and section["onnxruntime"]["top"] and section["compiled"]["over_eager"] > 0
     assert section["onnxruntime"]["over_eager"] > 0 and section["onnxruntime"]["export_seconds"] > 0
     xnnpack = section["xnnpack"]
     assert all(xnnpack[f"{name}_seconds"] > 0 for name in ("whole", "network", "detect", "detect_fit"))

@@ -2,7 +2,7 @@
 and in each exported form, on the regions of one decoded photo (256 at the default 16 x 16).
 
 - eager: what `Predictor` runs (the program, its network on the predictor's engine) in all, and its top operators
-  by self time (torch.profiler);
+  by self time (torch.profiler); the same with grid detection and the lattice fit compiled (`--engine compiled`);
 - ONNX Runtime: the program exported whole (`q1net export --program hybrid --format onnx`), in all and by operator
   type (ONNX Runtime's own profile), taking turns with eager (their paired ratio), and the export's one-off seconds;
 - ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, and its
@@ -31,19 +31,25 @@ TOP = 10  # operators listed per engine
 
 
 def engines_in_turn(predictor, inputs: tuple[torch.Tensor, ...], scratch: Path, repeats: int) -> dict:
-    """The program as `Predictor.gather` runs it (eager, the network on its engine, then the rules) and exported whole
-    to ONNX Runtime (the torch thread count), taking turns: the paired ratio is what `--engine auto` weighs against the
-    export's one-off cost (q1net.predictor.engines). Each with its top operators (torch.profiler; ONNX Runtime's own
-    profile, by operator type)."""
+    """The program as `Predictor.gather` runs it (eager, the network on its engine, then the rules), the same with its
+    grid and lattice stage compiled, and exported whole to ONNX Runtime (the torch thread count), taking turns: the
+    paired ratios are what `--engine auto` weighs against each one-off cost (q1net.predictor.engines). Eager and ONNX
+    Runtime with their top operators (torch.profiler; ONNX Runtime's own profile, by operator type)."""
     import onnxruntime
 
     from q1net.export.formats import export_hybrid_onnx
+    from q1net.predictor.engines import make_locator
 
     program = predictor.program
+    locator = make_locator(program, "compiled")
 
     @torch.no_grad()
     def eager() -> None:
         program.decide(program.evidence(*inputs, predictor.network))
+
+    @torch.no_grad()
+    def compiled() -> None:
+        program.decide(program.evidence(*inputs, predictor.network, locator))
 
     start = time.perf_counter()
     path = export_hybrid_onnx(program, scratch / "program.onnx")
@@ -59,9 +65,10 @@ def engines_in_turn(predictor, inputs: tuple[torch.Tensor, ...], scratch: Path, 
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     plain = session(False)
-    times = timed_in_turn({"eager": eager, "onnxruntime": lambda: plain.run(None, feeds)}, repeats)
+    times = timed_in_turn({"eager": eager, "compiled": compiled, "onnxruntime": lambda: plain.run(None, feeds)}, repeats)
     return {
         "eager": {"seconds": statistics.median(times["eager"]), "top": eager_top(eager, repeats)},
+        "compiled": {"seconds": statistics.median(times["compiled"]), "over_eager": paired_ratio(times["compiled"], times["eager"])},
         "onnxruntime": {
             "seconds": statistics.median(times["onnxruntime"]),
             "top": onnx_runtime_top(session(True), feeds, repeats),
@@ -187,7 +194,9 @@ def markdown_lines(section: dict) -> list[str]:
     lines = [
         "",
         f"The whole-predictor program on {section['regions']} regions ({section['patches']} patches), ms per image: "
-        f"eager (network on {section['engine']}) {1000 * section['eager']['seconds']:.1f}; ONNX Runtime, exported whole "
+        f"eager (network on {section['engine']}) {1000 * section['eager']['seconds']:.1f}; grid and lattice compiled "
+        f"(`--engine compiled`) {1000 * section['compiled']['seconds']:.1f} ({section['compiled']['over_eager']:.2f}x eager, "
+        "taking turns); ONNX Runtime, exported whole "
         f"{1000 * ort['seconds']:.1f} ({ort['over_eager']:.2f}x eager, taking turns; the export {ort['export_seconds']:.0f} s "
         f"once); ExecuTorch XNNPACK, whole {1000 * x['whole_seconds']:.1f} against "
         f"the network alone {1000 * x['network_seconds']:.1f} ({x['whole_over_network']:.2f}x); its first stages exported "
