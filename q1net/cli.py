@@ -110,7 +110,11 @@ def add_engine_argument(parser: argparse.ArgumentParser) -> None:
     from q1net.predictor.engines import ENGINES
 
     parser.add_argument(
-        "--engine", choices=ENGINES, default="auto", help="auto (default): ONNX Runtime on CPU, PyTorch on GPU; or force one"
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="auto (default): the network on ONNX Runtime on CPU (PyTorch on GPU), grid and lattice compiled once "
+        "'compiled' has built them (about 40 s, once), else eager; or force one",
     )
 
 
