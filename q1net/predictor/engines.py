@@ -152,8 +152,10 @@ def located(outputs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> Located:
 
 def sources_digest(program: Q1Program) -> str:
     """A name for the compiled stage: every q1net source file (any edit may change what `locate` computes), the torch
-    version, and the program's shapes (regions and blocks per side)."""
-    digest = hashlib.sha256(f"{torch.__version__}|{__version__}|{program.per_side}|{program.blocks}".encode())
+    version, the CPU's vector instructions the C++ was built for (a cache shared with an older CPU must not load
+    AVX-512 code), and the program's shapes (regions and blocks per side)."""
+    build = (torch.__version__, torch.backends.cpu.get_cpu_capability(), __version__, program.per_side, program.blocks)
+    digest = hashlib.sha256("|".join(map(str, build)).encode())
     for source in sorted(PACKAGE_ROOT.rglob("*.py")):
         digest.update(source.relative_to(PACKAGE_ROOT).as_posix().encode())
         digest.update(source.read_bytes())
