@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from q1net import __version__
+from q1net.atomic import write_atomically
 from q1net.forensics.grid import GridPhase
 from q1net.forensics.lattice import LatticeFit
 from q1net.nets.q1net import Q1Network
@@ -106,10 +106,7 @@ def cached_onnx(net: Q1Network) -> Path:
 
     path = cache_dir() / "onnx" / f"q1net-{weights_digest(net)}.onnx"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-            exported = network_onnx(net, Path(scratch) / path.name)
-            os.replace(exported, path)  # atomic: a parallel worker sees no file or a whole one
+        write_atomically(path, lambda temporary: network_onnx(net, temporary))  # a parallel worker sees no file or a whole one
     return path
 
 
@@ -175,12 +172,9 @@ def cached_locator(program: Q1Program) -> Path:
         example = (torch.zeros(n * n, 3, side, side, dtype=torch.uint8), starts, starts)
         with torch.no_grad():
             exported = torch.export.export(Locator(program).eval(), example)
-        path.parent.mkdir(parents=True, exist_ok=True)
         from torch._inductor import aoti_compile_and_package
 
-        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-            built = aoti_compile_and_package(exported, package_path=str(Path(scratch) / path.name))
-            os.replace(built, path)  # atomic, as the ONNX file
+        write_atomically(path, lambda temporary: aoti_compile_and_package(exported, package_path=temporary))
     return path
 
 
