@@ -444,3 +444,25 @@ def test_the_fused_level_terms_are_the_laplacian_bin_masses_times_the_noise_dens
     expected = torch.where(level == 0, zero_bin, other_bins) + noise + share
     fused = log_level_terms(level.expand(4, -1), miss.expand(4, -1), ratio, level_priors(ratio, share))
     assert torch.allclose(fused, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_delegable_round_compare_and_select_are_torchs_own():
+    """round_, at_least and select stand in for torch.round, >= and torch.where so that the phone programs' delegates
+    take them (q1net.forensics.ops): bit for bit on the values the lattice meets, halves (ties to even), negatives,
+    zeros and neighbours of the bound included; log_sum_exp_terms is log_sum_exp of the stacked terms."""
+    from q1net.forensics.ops import at_least, log_sum_exp, log_sum_exp_terms, round_, select
+
+    generator = torch.Generator().manual_seed(0)
+    halves = torch.arange(-2048, 2049, dtype=torch.float32) / 2  # every tie from -1024 to 1024
+    spread = torch.randn(100_000, generator=generator) * torch.logspace(-6, 4, 100_000)
+    values = torch.cat([halves, spread, torch.tensor([-0.0, 0.0, 4194303.5, -4194303.5, 0.49999997, -0.49999997])])
+    assert torch.equal(round_(values.clone()), torch.round(values))
+    bound = torch.full_like(values, 0.5)
+    near = torch.cat([values, torch.nextafter(bound, bound + 1), torch.nextafter(bound, bound - 1), bound])
+    for threshold in (0.5, 0.0):
+        assert torch.equal(at_least(near, threshold), (near >= threshold).float())
+    keep = at_least(values, 0.0)
+    a, b = torch.randn(len(values), generator=generator) * 1e3, torch.randn(len(values), generator=generator) * 1e-3
+    assert torch.equal(select(keep, a, b), torch.where(values >= 0, a, b))
+    terms = [torch.randn(64, 63, 40, generator=generator) * 300 for _ in range(3)]
+    assert torch.allclose(log_sum_exp_terms(terms), log_sum_exp(torch.stack(terms), dim=0), rtol=1e-6, atol=1e-5)

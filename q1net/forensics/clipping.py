@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from q1net.forensics.dct import BLOCK, PIXEL_MAX, block_dct, luma
-from q1net.forensics.ops import FAR
+from q1net.forensics.ops import FAR, at_least, round_
 
 ZEROING_ROUNDS = 3  # first rounds only zero the coefficients under half a step: no non-zero level is chosen yet
 DECLIP_ROUNDS = 6  # then rounds onto the lattice
@@ -76,8 +76,8 @@ class Declipper(torch.nn.Module):
         floor = torch.where(low.flatten(1), -unbounded, seen)  # at 255: at least what is seen; at 0: at most; both: free
         ceiling = torch.where(high.flatten(1), unbounded, seen)
         block, half = seen.expand(len(tables), -1, -1), steps / 2  # (T, N, 64)
-        for round_ in range(self.zeroing_rounds + self.rounds):
+        for step in range(self.zeroing_rounds + self.rounds):
             c = block @ self.forward_2d
-            on_lattice = c.masked_fill_(c.abs() < half, 0.0) if round_ < self.zeroing_rounds else c.div_(steps).round_().mul_(steps)
-            block = (on_lattice @ self.inverse_2d).clamp_(floor, ceiling)
+            on_lattice = c.mul_(at_least(c.abs(), half)) if step < self.zeroing_rounds else round_(c.div_(steps)).mul_(steps)
+            block = torch.minimum(torch.maximum(on_lattice @ self.inverse_2d, floor), ceiling)  # the delegates take these
         return block @ self.forward_2d

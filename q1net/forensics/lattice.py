@@ -64,7 +64,20 @@ import torch
 from torch import nn
 
 from q1net.forensics.clipping import Declipper
-from q1net.forensics.ops import FAR, exp_, first_true, last_true, log_add_exp, log_sum_exp, max_abs_difference, take
+from q1net.forensics.ops import (
+    FAR,
+    at_least,
+    exp_,
+    first_true,
+    last_true,
+    log_add_exp,
+    log_sum_exp,
+    log_sum_exp_terms,
+    max_abs_difference,
+    round_,
+    select,
+    take,
+)
 from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
@@ -136,7 +149,7 @@ def log_no_lattice(c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         positive = log_erfcx(z.abs())
         squared = z.square()
         negative = exp_(positive - squared).neg_().add_(2).log_().add_(squared)  # exp(-z^2) erfcx(|z|) = erfc(|z|), in (0, 1]
-        return torch.where(z >= 0, positive, negative)
+        return select(at_least(z, 0.0), positive, negative)
 
     z_minus = (sigma**2 / scale - c) / (sigma * math.sqrt(2))
     z_plus = (sigma**2 / scale + c) / (sigma * math.sqrt(2))
@@ -172,14 +185,14 @@ def log_lattice_ac(
 ) -> torch.Tensor:
     """log sum_k P(k | s) N(c - s k; SIGMA) over the lattice points `shifts` away from round(c / s), plus `log_share`
     (the lattice's share of a mixture); (N, P) for pairs (P,)."""
-    nearest = (c / steps).round_()
+    nearest = round_(c / steps)
     ratio = steps / scale
     priors = level_priors(ratio, log_share)
     terms = []
     for shift in shifts:
         level = nearest + shift if shift else nearest
         terms.append(log_level_terms(level, torch.addcmul(c, steps, level, value=-1.0), ratio, priors))  # c - s k
-    return terms[0] if len(terms) == 1 else log_sum_exp(torch.stack(terms), dim=0)
+    return terms[0] if len(terms) == 1 else log_sum_exp_terms(terms)
 
 
 def log_mixture_ac(
@@ -192,7 +205,7 @@ def log_mixture_ac(
 def log_lattice_dc(c: torch.Tensor, steps: torch.Tensor, shifts: tuple[int, ...] = DC_SHIFTS) -> torch.Tensor:
     """log (s / DC_RANGE) sum_k N(c - s k; SIGMA_DC): DC levels are uniform a priori; (N, P) for (N, 1) DC and steps (P,).
     The sum runs over the lattice points `shifts` away from the nearest (NEAR_SHIFTS from DC_NEAR_STEP on)."""
-    nearest = torch.round(c / steps)
+    nearest = round_(c / steps)
     log_norm = -math.log(SIGMA_DC * math.sqrt(2 * math.pi))
     levels = nearest + torch.tensor(shifts, dtype=nearest.dtype).reshape(-1, *[1] * nearest.dim())  # (K, N, P)
     terms = (steps * levels).neg_().add_(c).div_(SIGMA_DC).square_().mul_(-0.5)  # -((c - s k) / sigma)^2 / 2
@@ -253,7 +266,7 @@ def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tenso
     share = IJG_MATCH_SHARE * known.sum()
     ratio = steps / table
     coarse = (((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share) & (known.sum() >= 2)
-    whole = ~((steps != torch.round(ratio) * table) & known).any()  # exact however division rounds; no `all` kernel in ExecuTorch
+    whole = ~((steps != round_(steps / table) * table) & known).any()  # exact however division rounds; no `all` kernel in ExecuTorch
     return coarse, coarse & whole
 
 
@@ -465,7 +478,7 @@ class LatticeVerifier(nn.Module):
         one can be (FAR: no bound), and the total log-likelihood of that table."""
         best = torch.argmax(by_step, dim=0)
         steps = (best + 1).float()
-        levels = torch.round(c / steps[None, :])
+        levels = round_(c / steps[None, :])
         weight = torch.cat([dc[:, None] > 0, (ac[:, None] > 0).expand(-1, 63)], dim=1)
         clear = (levels != 0) & (c.abs() >= CLEAR_AC) & weight  # a level rounding noise cannot make
         known = clear.sum(dim=0) >= KNOWN_MIN_NONZERO
@@ -485,12 +498,12 @@ class LatticeVerifier(nn.Module):
         """
         s1, s2 = first[:, 1:, None], second[:, 1:, None]  # (T, 63, 1)
         coefficient, ratio = c[:, 1:].T, s1 / scale[1:, None]  # (63, N), (T, 63, 1)
-        nearest = torch.round(coefficient / s1)  # (T, 63, N)
+        nearest = round_(coefficient / s1)  # (T, 63, N)
         priors = level_priors(ratio, LOG_KEEP)
         terms = []
         for shift in DOUBLE_LEVELS:
             level = nearest + shift if shift else nearest
-            landed = (s1 * level).div_(s2).round_().mul_(s2)  # s2 * round(s1 j / s2)
+            landed = round_((s1 * level).div_(s2)).mul_(s2)  # s2 * round(s1 j / s2)
             terms.append(log_level_terms(level, landed.neg_().add_(coefficient), ratio, priors))
-        ll = log_add_exp(log_sum_exp(torch.stack(terms), dim=0), log_p0[:, 1:].T + LOG_EPS)  # (T, 63, N)
+        ll = log_add_exp(log_sum_exp_terms(terms), log_p0[:, 1:].T + LOG_EPS)  # (T, 63, N)
         return (ll @ ac).sum(dim=1)

@@ -44,6 +44,29 @@ def exp_(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_(min=EXP_FLOOR).exp_()
 
 
+# Half of float32's integer range: adding 1.5 * 2^23 to |x| < 2^22 lands on [2^23, 2^24), where floats are the integers,
+# so the addition itself rounds x half to even, as torch.round does, and subtracting it back is exact.
+ROUNDING_OFFSET = 1.5 * 2**23
+
+
+def round_(x: torch.Tensor) -> torch.Tensor:
+    """torch.round in place for |x| < 2^22 (every level, step ratio and coefficient here is under 2^14), bit for bit, as an
+    addition and a subtraction: the XNNPACK and Vulkan delegates take those, and have no round (ExecuTorch then runs it
+    on the portable kernels, a plain loop, and splits the delegate around it)."""
+    return x.add_(ROUNDING_OFFSET).sub_(ROUNDING_OFFSET)
+
+
+def at_least(x: torch.Tensor, bound: torch.Tensor | float) -> torch.Tensor:
+    """(x >= bound) as 1.0 / 0.0 from operators the delegates take (comparisons and bool selects run on the portable
+    kernels): bound - x is exact in sign, and its ceiling clamped to [0, 1] is 1 exactly where it is positive."""
+    return (bound - x).clamp_(0.0, 1.0).ceil_().neg_().add_(1.0)
+
+
+def select(keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.where by a 1.0 / 0.0 `keep` (`at_least`), exact for finite `a` and `b` (a * 1 + b * 0 is a)."""
+    return a * keep + b * (1.0 - keep)
+
+
 def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log(exp(a) + exp(b)) without overflow, spelled out. The smaller term's share x = e^-|a - b| is in (0, 1], where
     log(1 + x) is within 6e-8 of log1p(x): torch's log1p takes a slow path for small x (1 M shares spread over
@@ -55,6 +78,19 @@ def log_sum_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """log sum exp over `dim` without overflow (finite inputs), spelled out like log_add_exp."""
     high = x.amax(dim=dim, keepdim=True)
     return exp_(x - high).sum(dim=dim, keepdim=True).log_().add_(high).squeeze(dim)
+
+
+def log_sum_exp_terms(terms: list[torch.Tensor]) -> torch.Tensor:
+    """log sum exp of a few same-shaped tensors, term by term: `log_sum_exp` of their stack over dim 0 (up to the order
+    of the sum's float additions) without the stack's copy, in maximum, exp and add, which the delegates take (amax and
+    sum over a dim they do not)."""
+    high = terms[0]
+    for term in terms[1:]:
+        high = torch.maximum(high, term)
+    total = exp_(terms[0] - high)
+    for term in terms[1:]:
+        total = total.add_(exp_(term - high))
+    return total.log_().add_(high)
 
 
 def max_abs_difference(values: torch.Tensor) -> torch.Tensor:
