@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -608,6 +609,16 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return EXIT_OK if report["rows"] else EXIT_SOME_FAILED
 
 
+def show_notices(stream) -> logging.Handler:
+    """q1net's INFO log (the engines' one-off exports and builds) as `q1net: ...` lines on `stream`."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("q1net: %(message)s"))
+    logger = logging.getLogger("q1net")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \xNN escapes instead of crashing
@@ -618,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return train(argv[1:])
     args = build_parser().parse_args(argv)
+    if sys.stderr.isatty():  # people at a terminal hear of one-off builds (a progress bar's rule: none in pipes and logs)
+        show_notices(sys.stderr)
     commands = {
         "predict": run_predict,
         "evaluate": run_evaluate,

@@ -129,3 +129,26 @@ def test_freed_memory_is_kept_for_the_next_image_unless_the_user_set_the_allocat
     _, faults_default = probe("default", clean)
     assert kept == "True" and faults_kept * 10 < faults_default  # here: 0 page faults against 76,640 (the top trimmed each time)
     assert probe("keep", clean | {"MALLOC_TRIM_THRESHOLD_": "131072"})[0] == "False"
+
+
+def test_a_one_off_export_is_announced_at_a_terminal(tmp_path, monkeypatch):
+    """A first predict waits 20-30 s for the ONNX export (40 s for the compiled stage): `q1net` says so on a terminal's
+    stderr (q1net.cli.show_notices), once, and says nothing when the file is cached."""
+    import io
+    import logging
+
+    from q1net.cli import show_notices
+
+    monkeypatch.setenv("Q1NET_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    small = create_model("q1net_baseline", k=4)
+    stream, logger = io.StringIO(), logging.getLogger("q1net")
+    level, handler = logger.level, show_notices(stream)
+    try:
+        path = cached_onnx(small)
+        cached_onnx(small)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert lines == [f"q1net: exporting the network to ONNX for ONNX Runtime, once for these weights (20-30 s here): {path}"]

@@ -24,6 +24,7 @@ and torch.compile of the whole program, network included, compiled for minutes a
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from q1net.predictor.program import Q1Program
 EngineName = Literal["auto", "torch", "onnxruntime", "compiled"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "compiled")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the q1net sources a compiled stage is built from
+LOG = logging.getLogger(__name__)  # the one-off builds are announced here: a first predict otherwise waits in silence
 Located = tuple[GridPhase, LatticeFit, torch.Tensor, torch.Tensor]  # Q1Program.locate's answer
 
 
@@ -106,6 +108,7 @@ def cached_onnx(net: Q1Network) -> Path:
 
     path = cache_dir() / "onnx" / f"q1net-{weights_digest(net)}.onnx"
     if not path.is_file():
+        LOG.info("exporting the network to ONNX for ONNX Runtime, once for these weights (20-30 s here): %s", path)
         write_atomically(path, lambda temporary: network_onnx(net, temporary))  # a parallel worker sees no file or a whole one
     return path
 
@@ -167,6 +170,7 @@ def cached_locator(program: Q1Program) -> Path:
     """The program's forensic stage compiled by AOTInductor, in the cache; built on first use (about 40 s here)."""
     path = locator_path(program)
     if not path.is_file():
+        LOG.info("compiling grid detection and the lattice fit, once for this q1net and torch (35-45 s here): %s", path)
         n, side = program.per_side, program.geometry.side
         starts = torch.from_numpy(program.geometry.starts(n * side, n))  # any values: the stage's shapes are fixed
         example = (torch.zeros(n * n, 3, side, side, dtype=torch.uint8), starts, starts)
