@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -609,7 +610,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return EXIT_OK if report["rows"] else EXIT_SOME_FAILED
 
 
-def show_notices(stream) -> logging.Handler:
+def show_notices(stream: TextIO) -> logging.Handler:
     """q1net's INFO log (the engines' one-off exports and builds) as `q1net: ...` lines on `stream`."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("q1net: %(message)s"))
