@@ -457,7 +457,7 @@ def test_the_delegable_round_compare_and_select_are_torchs_own():
     spread = torch.randn(100_000, generator=generator) * torch.logspace(-6, 4, 100_000)
     values = torch.cat([halves, spread, torch.tensor([-0.0, 0.0, 4194303.5, -4194303.5, 0.49999997, -0.49999997])])
     assert torch.equal(round_(values.clone()), torch.round(values))
-    bound = torch.full_like(values, 0.5)
+    bound = torch.tensor([0.5])
     near = torch.cat([values, torch.nextafter(bound, bound + 1), torch.nextafter(bound, bound - 1), bound])
     for threshold in (0.5, 0.0):
         assert torch.equal(at_least(near, threshold), (near >= threshold).float())
