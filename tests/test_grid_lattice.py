@@ -25,7 +25,7 @@ from q1net.forensics.quant_tables import (
 )
 from q1net.nets.q1net import create_model
 from q1net.predictor.program import Q1Program, cut_regions
-from q1net.predictor.rules import AGREE_LEVELS, Vote, combine
+from q1net.predictor.rules import AGREE_LEVELS, CHOICE_NATS, Vote, combine
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +290,17 @@ def test_hybrid_rule():
     assert answer(vote_of(70.0), other)[:5] == (76.0, 70.0, 77.0, 1.0, False)
     assert answer(vote_of(41.3), fit_of(40), method="cnn")[:4] == (41.3, 40.3, 42.3, 0.0)
     assert answer(vote_of(70.0), fit_of(40), method="lattice")[:4] == (40.0, 40.0, 40.0, 1.0)
+
+
+def test_the_cnn_chooses_only_among_tables_tied_with_the_best():
+    """A table within the plausible range but clearly less likely than the best does not answer because the CNN is
+    nearer to it (enlarged photos at 46 read 47, 0.8-2.1 nats under 46); among tables as good as tied it does."""
+    tables = torch.full((100,), -FAR)
+    tables[45], tables[46] = -1000.0, -1000.0 - 2 * CHOICE_NATS  # quality 46 best, 47 less likely, both plausible
+    fit = fit_of(46, plausible=(46, 47))._replace(tables=tables)
+    assert answer(vote_of(47.3), fit)[:4] == (46.0, 46.0, 47.0, 1.0)  # the range is still both
+    tables[46] = -1000.0 - CHOICE_NATS / 2
+    assert answer(vote_of(47.3), fit._replace(tables=tables))[:4] == (47.0, 46.0, 47.0, 1.0)
 
 
 def test_a_cnn_far_under_an_ijg_lattice_flags_only_when_no_single_table_explains_both():

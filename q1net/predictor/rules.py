@@ -12,10 +12,11 @@ the kept qualities. Here, as well:
   when that spans more than DETERMINED_WIDTH (undetermined anyway), every voter's quality.
 `combine` then weighs the CNN against the DCT lattice (q1net.forensics.lattice), the
 "hybrid" method:
-- a strong lattice answers, choosing among its plausible qualities the one nearest the
-  CNN's, and its plausible set is the range; another encoder's table answers with its
-  IJG-equivalent quality, and its range also reaches the CNN's answer (the steps the pixels
-  leave unknown make the equivalent uncertain: finer high frequencies than IJG's read low);
+- a strong lattice answers with its most likely table, the CNN choosing only among the tables
+  as good as tied with it (CHOICE_NATS), and its plausible set is the range; another encoder's
+  table answers with its IJG-equivalent quality, and its range also reaches the CNN's answer
+  (the steps the pixels leave unknown make the equivalent uncertain: finer high frequencies
+  than IJG's read low);
 - recompression needs positive evidence of two codings (issue #13): the lattice's double
   model (coefficients on the second table's lattice only where the first one's levels land)
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
@@ -57,6 +58,11 @@ MIN_SUPPORT = 0.4  # share of the sampled blocks voting from which the CNN may s
 AGREE_LEVELS = 12.0  # the CNN's whole range this far under the lattice's: an earlier, lower coding (CNN max test error ~9)
 DOUBLE_GAIN_MIN = 0.5  # nats per unit of evidence the double lattice must gain to show two codings
 DETERMINED_WIDTH = 10.0  # widest range (levels) of a determined answer
+# Tables this close to the lattice's best are as good as tied (exact ties: steps where every level is 0, as quality 1's
+# and 2's; and float order across engines): the CNN chooses among them. A table further below is less likely, and the
+# CNN no longer overrules it (val, photos enlarged 5x: quality 46 read 47 three times, 0.8-2.1 nats under 46, the
+# CNN at 47-48; no other validation answer moved).
+CHOICE_NATS = 0.5
 METHOD_CODES = {"cnn": 0.0, "lattice": 1.0}
 
 
@@ -185,7 +191,8 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     cnn_determined = grid_found & ~cnn.fallback & (cnn.high - cnn.low <= DETERMINED_WIDTH)
     if method == "cnn":
         return Verdict(cnn.quality, cnn.low, cnn.high, torch.tensor(METHOD_CODES["cnn"]), recompressed, cnn_determined)
-    lattice_quality = torch.where(fit.ijg, nearest_allowed(fit.plausible, cnn.quality), fit.quality)
+    as_good = fit.plausible & (fit.tables >= fit.tables.max() - CHOICE_NATS)  # the best table and those tied with it
+    lattice_quality = torch.where(fit.ijg, nearest_allowed(as_good, cnn.quality), fit.quality)
     lattice_determined = strong & (fit.quality_high - fit.quality_low <= DETERMINED_WIDTH)
     if method == "lattice":
         return Verdict(
