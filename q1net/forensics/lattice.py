@@ -266,7 +266,8 @@ def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tenso
     share = IJG_MATCH_SHARE * known.sum()
     ratio = steps / table
     coarse = (((ratio >= COARSER_RATIOS[0]) & (ratio <= COARSER_RATIOS[1]) & known).sum() >= share) & (known.sum() >= 2)
-    whole = ~((steps != round_(steps / table) * table) & known).any()  # exact however division rounds; no `all` kernel in ExecuTorch
+    # exact however division rounds; no `all` kernel in ExecuTorch (`ratio` is spent: rounded in place)
+    whole = ~((steps != round_(ratio) * table) & known).any()
     return coarse, coarse & whole
 
 
