@@ -22,6 +22,7 @@ from q1net.forensics.quant_tables import (
     ijg_luma_table,
     other_encoder_tables,
     possible_equivalents,
+    scaled_equivalents,
 )
 from q1net.nets.q1net import create_model
 from q1net.predictor.program import Q1Program, cut_regions
@@ -78,6 +79,20 @@ def test_a_table_known_whole_has_exactly_its_own_equivalent():
         torch.log(torch.from_numpy(luma).float()), torch.ones(64, dtype=torch.bool), torch.full((64,), math.inf)
     )
     assert int(estimate) + 1 == ijg_equivalent_quality(luma) and torch.nonzero(possible).flatten().tolist() == [int(estimate)]
+
+
+@pytest.mark.parametrize(
+    ("family", "quality"), [("annex_k", 39), ("annex_k", 43), ("annex_k", 52), ("annex_k", 58), ("ijg", 50), ("ijg", 80)]
+)
+def test_the_scale_the_known_steps_allow_brackets_the_whole_tables_equivalent(family, quality):
+    """Annex K scaled by another law reads, on its low frequencies, as an IJG table a level or two above the whole
+    table's equivalent (39: 32 for 31; 58: 67 for 65); Table K.1 at every scale its known steps allow reaches it."""
+    luma = ijg_luma_table(quality) if family == "ijg" else other_encoder_tables(family, quality)[0]
+    u, v = np.divmod(np.arange(64), 8)
+    known = torch.from_numpy(u + v <= 4)
+    low, high = scaled_equivalents(torch.log(torch.from_numpy(luma).float()), known, torch.full((64,), math.inf))
+    truth = ijg_equivalent_quality(luma)
+    assert int(low) + 1 <= truth <= int(high) + 1 and int(high) - int(low) <= 3
 
 
 @pytest.mark.parametrize(("family", "quality"), [("flat", 22), ("flat", 40), ("flat", 60), ("annex_k", 40), ("annex_k", 60)])
@@ -247,6 +262,9 @@ def fit_of(
         first_plausible=first,
         double_gain=t(gain),
         single_low=t(float(min(plausible or (quality,)))),
+        scaled_low=t(float(quality)),
+        scaled_high=t(float(quality)),
+        off_table=t(False),
         steps_ijg=t(ijg),
         table_quality=t(float(table or quality)),
         sublattice=t(table is not None),

@@ -58,6 +58,16 @@ def test_a_photo_coded_once_with_scaled_annex_k_tables_reads_at_their_equivalent
     assert abs(result.quality - truth) <= 2 and not result.recompressed and result.quality_low <= truth <= result.quality_high
 
 
+@pytest.mark.parametrize("quality", [43, 52])
+def test_annex_k_steps_one_off_an_ijg_tables_widen_the_range_to_their_equivalent(predictor, photo, quality):
+    """Annex K scaled by another law at 43 (52) has IJG 38's (56's) steps at most visible frequencies and one off it at a
+    few: that IJG table fits, and its range alone (38..38) missed the whole table's equivalent (37; 55)."""
+    luma, chroma = other_encoder_tables("annex_k", quality)
+    result = predictor.predict(Image.open(io.BytesIO(jpeg_encode(photo, quality, "4:2:2", [luma.tolist(), chroma.tolist()]))))
+    truth = ijg_equivalent_quality(luma)
+    assert result.quality_low <= truth <= result.quality_high and result.determined and abs(result.quality - truth) <= 1
+
+
 @pytest.mark.parametrize(("quality", "subsampling"), [(60, "4:2:0"), (75, "4:2:2"), (90, "4:2:2")])
 def test_flatter_camera_tables_read_at_their_equivalent_and_are_never_called_recompressed(predictor, photo, quality, subsampling):
     """Tables finer than IJG's at high frequencies: where those coefficients all quantise to zero the pixels cannot

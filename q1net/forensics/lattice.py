@@ -33,8 +33,11 @@ a table twice an IJG table's steps sits on that table's lattice, and Annex K sca
 another law often is; only the free steps show it.) They are read as their IJG-equivalent
 quality (q1net.forensics.quant_tables); the range is then every IJG quality that could be
 the whole table's equivalent, whatever the steps the pixels do not pin down turn out to be
-(each at most the smallest clear coefficient seen at its frequency). They answer too when they
-are two to four times the best IJG table's (`coarser_lattice`): a table about twice an IJG table's
+(each at most the smallest clear coefficient seen at its frequency). Where one IJG table fits
+but some known steps lie clearly off it, by a step or so (`off_table`: tens of nats better each),
+the table is another encoder's of IJG's shape, and its equivalent can be any that the known
+steps' scale allows (`scaled_equivalents`). The steps answer too when they are two to four
+times the best IJG table's (`coarser_lattice`): a table about twice an IJG table's
 steps fits that table's lattice with only a prior's penalty (misfit 1.3 on a validation photo
 under Annex K scaled to an equivalent of 12, read 23), but one coding with the finer table would
 have left its odd levels, the commonest, and there are none. Where the steps are whole multiples
@@ -78,7 +81,7 @@ from q1net.forensics.ops import (
     select,
     take,
 )
-from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents
+from q1net.forensics.quant_tables import IJG_LUMA_TABLES, IJG_QUALITIES, STEP_MAX, possible_equivalents, scaled_equivalents
 
 SIGMA = 0.3  # std of an AC luma coefficient around its lattice point (pixel and RGB rounding), measured on val images
 # DC: in a flat block all 64 pixels round the same way, so the DC coefficient (8 x the mean) can be
@@ -97,6 +100,13 @@ STRENGTH_MIN = 0.5  # nats per unit of evidence over "no lattice" from which the
 # images can fit the all-ones table of quality 100 by up to ~1.1 (test and val photos), quality 99 already reads 4.
 CONFIRM_STRENGTH = 2.0
 MISFIT_MAX = 5.0  # nats per unit of evidence: IJG-coded val photos (q5..100) reach 3.2, scaled Annex K tables start at 7.3
+# Known steps near the best IJG table's but off it (within NEAR_STEP_SHARE of its step: no multiple, no divisor) that fit
+# this many nats better, summed, show another encoder's table near an IJG table's (`off_table_lead`). IJG-coded photos
+# reach 29 (training photos at 1..100 and enlarged at 1..10, 3,449 images; validation 19: steps of 120-255 at qualities
+# 1..5 read one off); Annex K scaled by another law, one step off IJG 38's at a few frequencies: 28-120 a step, and
+# 280-300 in all on validation photos.
+NEAR_STEP_SHARE = 0.25
+OFF_TABLE_NATS = 50.0
 IJG_MATCH_SHARE = 0.75  # share of the known steps on an IJG table's from which the estimate is that table
 # Estimated steps between these many times the best table's (on IJG_MATCH_SHARE of the known ones): a coarser lattice, near
 # its every second to fourth point. Further out, steps clamped at 255 (a first coding at 1..3 seen through a fine table's
@@ -236,6 +246,9 @@ class LatticeFit(NamedTuple):
     first_plausible: torch.Tensor  # (100,) bool: first qualities within TIE_NATS of it
     double_gain: torch.Tensor  # nats per unit of evidence the double model gains over one table
     single_low: torch.Tensor  # the lowest IJG-equivalent one coding with the estimated steps can have
+    scaled_low: torch.Tensor  # the equivalents of Table K.1 at the least and the most scale the known steps allow
+    scaled_high: torch.Tensor  # (`scaled_equivalents`)
+    off_table: torch.Tensor  # bool: known steps near the best IJG table's but off it fit clearly better (`off_table_lead`)
     steps_ijg: torch.Tensor  # bool: the estimated steps the pixels pin down are one IJG table's (a first IJG coding's)
     table_quality: torch.Tensor  # the best IJG table's quality
     sublattice: torch.Tensor  # bool: the steps are whole multiples of that table's (`coarser_lattice`)
@@ -269,6 +282,18 @@ def coarser_lattice(steps: torch.Tensor, known: torch.Tensor, table: torch.Tenso
     # exact however division rounds; no `all` kernel in ExecuTorch (`ratio` is spent: rounded in place)
     whole = ~((steps != round_(ratio) * table) & known).any()
     return coarse, coarse & whole
+
+
+def off_table_lead(by_step: torch.Tensor, steps: torch.Tensor, known: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Nats by which the `known` estimated `steps` (64,) that lie near the IJG `table`'s but off it (within
+    NEAR_STEP_SHARE of its step) fit better than the table's own, from the (STEP_MAX, 64) `step_log_likelihoods`.
+
+    Annex K scaled by another law can share every step with an IJG table but for a few one off it (38 where IJG 32 has
+    37): the best IJG table fits within MISFIT_MAX per unit of evidence, yet each such step is tens of nats better."""
+    near = known & (steps != table) & ((steps - table).abs() <= NEAR_STEP_SHARE * table)
+    rows = torch.stack([steps, table]).long() - 1  # (2, 64) into the steps 1..STEP_MAX
+    own, tables = by_step.gather(0, rows)
+    return ((own - tables) * near.float()).sum()
 
 
 def same_values(values: torch.Tensor) -> torch.Tensor:
@@ -388,6 +413,7 @@ class LatticeVerifier(nn.Module):
         estimated_ll = estimated_ll + declipped_estimate
         log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
         equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
+        scaled_low, scaled_high = scaled_equivalents(log_steps, known, log_ceiling)
         misfit = (estimated_ll - screen.max()) / top_unit
         best_table = take(self.tables, best)
         coarser, sublattice = coarser_lattice(steps, known, best_table)
@@ -439,6 +465,9 @@ class LatticeVerifier(nn.Module):
             first_plausible=first_plausible,
             double_gain=double_gain.clamp(min=0.0),
             single_low=take(qualities, first_true(equivalent_set)),
+            scaled_low=take(qualities, scaled_low),
+            scaled_high=take(qualities, scaled_high),
+            off_table=off_table_lead(by_step, steps, known, best_table) >= OFF_TABLE_NATS,
             steps_ijg=self.matches_an_ijg_table(steps, known, best_table),
             table_quality=take(qualities, best),
             sublattice=sublattice,

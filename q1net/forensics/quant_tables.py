@@ -119,6 +119,12 @@ def ijg_equivalent_quality(table: np.ndarray, known: np.ndarray | None = None) -
     return int(IJG_QUALITIES[int(equivalent_index(distance))])
 
 
+def whole_table_equivalents(log_tables: torch.Tensor) -> torch.Tensor:
+    """(K,) IJG-equivalent indices of (K, 64) whole tables (as logs)."""
+    tables = torch.from_numpy(LOG_IJG_TABLES).to(log_tables.dtype)
+    return equivalent_index(((tables[None, :, :] - log_tables[:, None, :]) ** 2).mean(dim=-1))
+
+
 def affine_completion(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """(64,) log steps: the `known` ones, the rest from the table a + b * Table K.1 that fits the known ones best
     (least squares on relative error), never above `log_ceiling`.
@@ -155,7 +161,7 @@ def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceili
     around = equivalent_index(ijg_distances(log_steps, known))
     completed = torch.where(known[None, :], log_steps[None, :], torch.minimum(tables, log_ceiling[None, :]))  # (completion, 64)
     completed = torch.cat([completed, affine_completion(log_steps, known, log_ceiling, take(tables, around))[None]])
-    nearest = equivalent_index(((tables[None, :, :] - completed[:, None, :]) ** 2).mean(dim=-1))  # (completion + 1,)
+    nearest = whole_table_equivalents(completed)  # (completion + 1,)
     index = torch.arange(len(tables))
     estimate, ijg_shaped = nearest[-1], take(nearest, around)
     between = (index >= torch.minimum(estimate, ijg_shaped)) & (index <= torch.maximum(estimate, ijg_shaped))
@@ -163,3 +169,22 @@ def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceili
     # every near completion's equivalent (a product, not index_put: several completions share an equivalent)
     reached = ((nearest[:-1, None] == index[None, :]).float() * near[:, None]).amax(dim=0) > 0
     return estimate, reached | between
+
+
+def scaled_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IJG-equivalent indices (low, high) of Table K.1 scaled by the least and the most the `known` steps allow.
+
+    A table of IJG's shape is Table K.1 times a scale, each step rounded by its encoder's rule (up, down or to the
+    nearest: off by less than 1), so every known step bounds the scale to (step +- 1) / K.1. Its unknown steps
+    (never above `log_ceiling`) can be that table's at any scale within all the bounds, and its equivalent any between
+    the two ends' (where the bounds contradict each other the table is not that shape, and the ends still bracket it).
+    """
+    base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(log_steps.dtype)
+    steps = torch.exp(log_steps)
+    least = torch.where(known, (steps - 1) / base, torch.zeros_like(base)).max()
+    most = torch.where(known, (steps + 1) / base, torch.full_like(base, float(STEP_MAX))).min()
+    scales = torch.stack([torch.minimum(least, most), torch.maximum(least, most)])  # (2,)
+    completed = torch.log((scales[:, None] * base[None, :]).clamp(min=1.0, max=float(STEP_MAX)))
+    completed = torch.where(known[None, :], log_steps[None, :], torch.minimum(completed, log_ceiling[None, :]))  # (2, 64)
+    ends = whole_table_equivalents(completed)
+    return ends.min(), ends.max()

@@ -16,7 +16,9 @@ the kept qualities. Here, as well:
   as good as tied with it (CHOICE_NATS), and its plausible set is the range; another encoder's
   table answers with its IJG-equivalent quality, and its range also reaches the CNN's answer
   (the steps the pixels leave unknown make the equivalent uncertain: finer high frequencies
-  than IJG's read low);
+  than IJG's read low); an IJG table whose lattice fits but off which some known steps clearly lie
+  (`off_table`: Annex K scaled by another law, one step off here and there) answers, and the range
+  also spans every equivalent the known steps' scale allows;
 - recompression needs positive evidence of two codings (issue #13): the lattice's double
   model (coefficients on the second table's lattice only where the first one's levels land)
   gaining DOUBLE_GAIN_MIN nats per unit of evidence, or a CNN backed by MIN_SUPPORT of the
@@ -193,11 +195,14 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
         return Verdict(cnn.quality, cnn.low, cnn.high, torch.tensor(METHOD_CODES["cnn"]), recompressed, cnn_determined)
     as_good = fit.plausible & (fit.tables >= fit.tables.max() - CHOICE_NATS)  # the best table and those tied with it
     lattice_quality = torch.where(fit.ijg, nearest_allowed(as_good, cnn.quality), fit.quality)
-    lattice_determined = strong & (fit.quality_high - fit.quality_low <= DETERMINED_WIDTH)
+    # an IJG table answers, but steps the pixels pin down lie clearly off it: another encoder's table of IJG's shape
+    # near that table, scaled by its own law, whose whole-table equivalent is any the known steps' scale allows
+    off_table = fit.ijg & fit.off_table
+    table_low = torch.where(off_table, torch.minimum(fit.quality_low, fit.scaled_low), fit.quality_low)
+    table_high = torch.where(off_table, torch.maximum(fit.quality_high, fit.scaled_high), fit.quality_high)
+    lattice_determined = strong & (table_high - table_low <= DETERMINED_WIDTH)
     if method == "lattice":
-        return Verdict(
-            lattice_quality, fit.quality_low, fit.quality_high, torch.tensor(METHOD_CODES["lattice"]), double, lattice_determined
-        )
+        return Verdict(lattice_quality, table_low, table_high, torch.tensor(METHOD_CODES["lattice"]), double, lattice_determined)
     first_quality = torch.where(double, nearest_allowed(fit.first_plausible, cnn.quality), cnn.quality)  # the earlier coding's
     # the double model and the CNN both read the first coding: its range spans both (the CNN only when it has a voice)
     first_low = torch.where(
@@ -213,8 +218,8 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     by_lattice = strong & ~recompressed & ~one_coarse_table
     # another encoder's table: its unknown steps leave its IJG-equivalent uncertain, and the CNN's reading is evidence too
     widen = by_lattice & ~fit.ijg & cnn_voice
-    lattice_low = torch.where(widen, torch.minimum(fit.quality_low, torch.floor(cnn.quality)), fit.quality_low)
-    lattice_high = torch.where(widen, torch.maximum(fit.quality_high, torch.ceil(cnn.quality)), fit.quality_high)
+    lattice_low = torch.where(widen, torch.minimum(fit.quality_low, torch.floor(cnn.quality)), table_low)
+    lattice_high = torch.where(widen, torch.maximum(fit.quality_high, torch.ceil(cnn.quality)), table_high)
     quality = torch.where(recompressed, first_quality, torch.where(by_lattice, lattice_quality, cnn.quality))
     low = torch.where(recompressed, first_low, torch.where(by_lattice, lattice_low, cnn.low))
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
