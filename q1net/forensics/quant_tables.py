@@ -183,7 +183,7 @@ def scaled_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling
     base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(log_steps.dtype)
     steps = torch.exp(log_steps)
     least = torch.where(known, (steps - 1) / base, torch.zeros_like(base)).max()
-    most = torch.where(known & (steps < STEP_MAX), (steps + 1) / base, torch.full_like(base, float(STEP_MAX))).min()
+    most = torch.where(known & (steps < STEP_MAX - 0.5), (steps + 1) / base, torch.full_like(base, float(STEP_MAX))).min()
     scales = torch.stack([torch.minimum(least, most), torch.maximum(least, most)])  # (2,)
     completed = torch.log((scales[:, None] * base[None, :]).clamp(min=1.0, max=float(STEP_MAX)))
     completed = torch.where(known[None, :], log_steps[None, :], torch.minimum(completed, log_ceiling[None, :]))  # (2, 64)
