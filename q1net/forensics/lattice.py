@@ -413,7 +413,7 @@ class LatticeVerifier(nn.Module):
         estimated_ll = estimated_ll + declipped_estimate
         log_steps, log_ceiling = torch.log(steps), torch.log(ceiling)
         equivalent, equivalent_set = possible_equivalents(log_steps, known, log_ceiling)
-        scaled_low, scaled_high = scaled_equivalents(log_steps, known, log_ceiling)
+        scaled_low, scaled_high = scaled_equivalents(steps, known, log_ceiling)
         misfit = (estimated_ll - screen.max()) / top_unit
         best_table = take(self.tables, best)
         coarser, sublattice = coarser_lattice(steps, known, best_table)

@@ -171,21 +171,20 @@ def possible_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceili
     return estimate, reached | between
 
 
-def scaled_equivalents(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_equivalents(steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The IJG-equivalent indices (low, high) of Table K.1 scaled by the least and the most the `known` steps allow.
 
     A table of IJG's shape is Table K.1 times a scale, each step rounded by its encoder's rule (up, down or to the
     nearest: off by less than 1), so every known step bounds the scale to (step +- 1) / K.1 (a step at STEP_MAX, where
-    baseline JPEG clamps them, from below only). Its unknown steps
-    (never above `log_ceiling`) can be that table's at any scale within all the bounds, and its equivalent any between
-    the two ends' (where the bounds contradict each other the table is not that shape, and the ends still bracket it).
+    baseline JPEG clamps them, from below only). Its unknown steps (never above `log_ceiling`) can be that table's at
+    any scale within all the bounds, and its equivalent any between the two ends' (where the bounds contradict each
+    other the table is not that shape, and the ends still bracket it).
     """
-    base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(log_steps.dtype)
-    steps = torch.exp(log_steps)
+    base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(steps.dtype)
     least = torch.where(known, (steps - 1) / base, torch.zeros_like(base)).max()
-    most = torch.where(known & (steps < STEP_MAX - 0.5), (steps + 1) / base, torch.full_like(base, float(STEP_MAX))).min()
+    most = torch.where(known & (steps < STEP_MAX), (steps + 1) / base, torch.full_like(base, float(STEP_MAX))).min()
     scales = torch.stack([torch.minimum(least, most), torch.maximum(least, most)])  # (2,)
-    completed = torch.log((scales[:, None] * base[None, :]).clamp(min=1.0, max=float(STEP_MAX)))
-    completed = torch.where(known[None, :], log_steps[None, :], torch.minimum(completed, log_ceiling[None, :]))  # (2, 64)
+    completed = torch.minimum(torch.log((scales[:, None] * base[None, :]).clamp(min=1.0, max=float(STEP_MAX))), log_ceiling[None, :])
+    completed = torch.where(known[None, :], torch.log(steps)[None, :], completed)  # (2, 64)
     ends = whole_table_equivalents(completed)
     return ends.min(), ends.max()
