@@ -95,8 +95,12 @@ def log_sum_exp_terms(terms: list[torch.Tensor]) -> torch.Tensor:
 
 def max_abs_difference(values: torch.Tensor) -> torch.Tensor:
     """(N, N) largest |difference| between the rows of (N, K) `values`, a column at a time: the (N, N) running maximum
-    stays in the cache, where the (N, N, K) differences at once would not (7x slower on 256 x 63)."""
-    columns = values.T.contiguous()
+    stays in the cache, where the (N, N, K) differences at once would not (7x slower on 256 x 63).
+
+    The columns are taken as a product with the identity, exact (each value times 1, plus zeros): Inductor
+    computes a transposed copy inside the kernel that reads it, gathering each column's values at a stride
+    per vector of the output, and a product is a buffer of its own (compiled: 1.38 -> 0.53 ms on 256 x 63)."""
+    columns = torch.eye(values.shape[1], dtype=values.dtype, device=values.device) @ values.T
     largest = (columns[0][:, None] - columns[0][None, :]).abs()
     for column in columns[1:]:
         largest = torch.maximum(largest, (column[:, None] - column[None, :]).abs())
