@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import q1net
 from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.data.sources import GraphicsSource
@@ -86,7 +87,7 @@ def test_workers_give_the_same_rows(tmp_path, photos):
     assert rows[0] == rows[1] and [row["quality"] for row in rows[0]] == [30, 50, 70, 90]
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "2000"), ("7", "7")])
+@pytest.mark.parametrize(("given", "expected"), [(None, q1net.OPENMP_SPIN_ROUNDS), ("7", "7")])
 def test_openmp_spin_is_shortened_before_torch_loads_unless_the_user_set_it(given, expected):
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | ({"GOMP_SPINCOUNT": given} if given else {})
     code = "import sys, os, q1net; assert 'torch' not in sys.modules; print(os.environ['GOMP_SPINCOUNT'])"
