@@ -99,6 +99,7 @@ class LoweredProgram:
     manager: object  # executorch.exir.ExecutorchProgramManager
     layout: dict
     structure: dict  # backend, fp16, delegate ids and operators left outside them
+    passes: tuple = ()  # edge-dialect passes applied before partitioning: the portable parity run applies them too
 
 
 def lower(net: Q1Network, backend: Backend = "xnnpack", fp16: bool = False, blocks: int = 16) -> LoweredProgram:
@@ -253,11 +254,17 @@ def lower_hybrid(program: Q1Program, backend: Backend, vulkan_delegate: VulkanDe
     with `vulkan_delegate="all"` every operator its partitioner supports (many delegates)."""
     from executorch.exir import to_edge_transform_and_lower
 
+    passes: tuple = ()
     if backend == "vulkan":
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
+        from q1net.export.vulkan_ops import VulkanOperators
+
         scope = {"network": {"nn_module_allowlist": [MosaicQ1Net.__name__]}, "all": {}}[vulkan_delegate]
         partitioners = [VulkanPartitioner(**scope)]
+        # delegating everything: the operators Vulkan lacks, written as ones it takes (outside the network's delegate
+        # they would only add operators)
+        passes = (VulkanOperators(),) if vulkan_delegate == "all" else ()
     elif backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
@@ -266,7 +273,7 @@ def lower_hybrid(program: Q1Program, backend: Backend, vulkan_delegate: VulkanDe
         partitioners = []
     with torch.no_grad():
         exported = torch.export.export(program, hybrid_inputs(program))
-    manager = to_edge_transform_and_lower(exported, partitioner=partitioners).to_executorch()
+    manager = to_edge_transform_and_lower(exported, transform_passes=list(passes), partitioner=partitioners).to_executorch()
     plan = manager.executorch_program.execution_plan[0]
     structure = {
         "backend": backend,
@@ -283,7 +290,7 @@ def lower_hybrid(program: Q1Program, backend: Backend, vulkan_delegate: VulkanDe
             "portable": "every operator on the portable kernels",
         }[backend],
     }
-    return LoweredProgram(exported, manager, hybrid_layout(program), structure)
+    return LoweredProgram(exported, manager, hybrid_layout(program), structure, passes)
 
 
 def write_hybrid_pte(program: Q1Program, lowered: LoweredProgram, out: str | os.PathLike[str]) -> Path:

@@ -100,7 +100,7 @@ def export_hybrid(
         write_hybrid_pte(program, lowered, path)
         if target.backend == "vulkan":
             notes.append(f"Vulkan kernels not run here (the pip runtime has no Vulkan backend); {vulkan_partition(lowered, path)}")
-            portable = portable_program(lowered.exported, out_dir / f".{target.name}.portable.pte")
+            portable = portable_program(lowered.exported, out_dir / f".{target.name}.portable.pte", lowered.passes)
             runtime, run, checked = "its graph undelegated (executorch portable)", program_runner(portable), cases[:PORTABLE_CASES]
         else:
             runtime, run, checked = f"executorch {target.backend}", program_runner(path), cases

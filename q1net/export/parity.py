@@ -97,11 +97,12 @@ def mosaic_runner(module, blocks: int):
     return run
 
 
-def portable_program(exported: torch.export.ExportedProgram, path: Path) -> Path:
-    """An exported graph (the Vulkan export's mosaic) lowered with no delegate, runnable by the pip runtime."""
+def portable_program(exported: torch.export.ExportedProgram, path: Path, passes: tuple = ()) -> Path:
+    """An exported graph (the Vulkan export's mosaic) lowered with no delegate, runnable by the pip runtime; `passes`:
+    the edge-dialect passes its lowering applied (q1net.export.formats.LoweredProgram), so that their rewrite is run."""
     from executorch.exir import to_edge_transform_and_lower
 
-    path.write_bytes(to_edge_transform_and_lower(exported).to_executorch().buffer)
+    path.write_bytes(to_edge_transform_and_lower(exported, transform_passes=list(passes)).to_executorch().buffer)
     return path
 
 
