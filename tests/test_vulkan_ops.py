@@ -11,7 +11,7 @@ from executorch.runtime import Runtime
 from q1net.export.vulkan_ops import VulkanOperators
 
 
-class LogAddExp(torch.nn.Module):
+class LatticeLike(torch.nn.Module):
     """maximum, reciprocal and sums as the lattice uses them, beside operators on integers and a last-dimension sum
     (Vulkan takes it as written) left as they are."""
 
@@ -42,7 +42,7 @@ def left_outside(manager) -> dict[str, int]:
 
 
 def test_maximum_reciprocal_and_sums_of_floats_go_into_the_vulkan_delegate():
-    exported = torch.export.export(LogAddExp(), inputs())
+    exported = torch.export.export(LatticeLike(), inputs())
     plain = left_outside(to_edge_transform_and_lower(exported, partitioner=[VulkanPartitioner()]))
     rewritten = left_outside(to_edge_transform_and_lower(exported, transform_passes=[VulkanOperators()], partitioner=[VulkanPartitioner()]))
     assert plain.get("aten_maximum_default") == 2 and plain.get("aten_reciprocal_default") == 1
@@ -52,12 +52,12 @@ def test_maximum_reciprocal_and_sums_of_floats_go_into_the_vulkan_delegate():
 
 
 def test_the_rewritten_program_gives_the_values_of_the_program_as_written_bit_for_bit(tmp_path):
-    exported = torch.export.export(LogAddExp(), inputs())
+    exported = torch.export.export(LatticeLike(), inputs())
     outputs = []
     for passes in ([], [VulkanOperators()]):
         path = tmp_path / f"{len(passes)}.pte"
         path.write_bytes(to_edge_transform_and_lower(exported, transform_passes=passes).to_executorch().buffer)
         outputs.append(Runtime.get().load_program(str(path)).load_method("forward").execute(list(inputs())))
-    for written, rewritten, eager in zip(*outputs, LogAddExp()(*inputs()), strict=True):
+    for written, rewritten, eager in zip(*outputs, LatticeLike()(*inputs()), strict=True):
         assert torch.equal(rewritten, written)
         torch.testing.assert_close(rewritten, eager, rtol=1e-5, atol=1e-5)  # the portable kernels sum in another order

@@ -2,7 +2,7 @@
 
 The partitioner (executorch/backends/vulkan/op_registry.py, ExecuTorch 1.4.1) takes `minimum`
 but not `maximum`, `div` but not `reciprocal`, and sums and means over one or two dimensions
-only with `keepdim=True` (but over the last one alone). Each operator left on the portable
+only with `keepdim=True` (over the last dimension alone, either way). Each operator left on the portable
 kernels splits a delegate in two, with a copy out of the GPU and back. max(a, b) is
 -min(-a, -b), 1 / x a division, and a sum without its kept dimensions the sum with them,
 squeezed: negation is exact and the reduction the same, so every form gives the same values
@@ -18,8 +18,6 @@ from executorch.exir.dialects._ops import ops as exir_ops
 from executorch.exir.pass_base import ExportPass
 
 FLOATS = (torch.float32, torch.float16)  # negation and division of integers or booleans are another matter
-
-
 REDUCTIONS = (exir_ops.edge.aten.sum.dim_IntList, exir_ops.edge.aten.mean.dim)
 
 
