@@ -125,6 +125,11 @@ def whole_table_equivalents(log_tables: torch.Tensor) -> torch.Tensor:
     return equivalent_index(((tables[None, :, :] - log_tables[:, None, :]) ** 2).mean(dim=-1))
 
 
+def table_k1(like: torch.Tensor) -> torch.Tensor:
+    """(64,) Table K.1 (IJG's luma base table, natural order) as a tensor of `like`'s dtype."""
+    return torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(like.dtype)
+
+
 def affine_completion(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """(64,) log steps: the `known` ones, the rest from the table a + b * Table K.1 that fits the known ones best
     (least squares on relative error), never above `log_ceiling`.
@@ -134,7 +139,7 @@ def affine_completion(log_steps: torch.Tensor, known: torch.Tensor, log_ceiling:
     many levels low. Fewer than AFFINE_MIN_KNOWN known steps, a fit that is not increasing, or known steps that follow
     no such shape (relative residual over AFFINE_MISFIT_MAX) are completed from `fallback` (log steps) instead.
     """
-    base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(log_steps.dtype)
+    base = table_k1(log_steps)
     steps = torch.exp(log_steps)
     weight = known.to(steps.dtype) / steps**2  # relative error: equivalents are read in log steps
     total = weight.sum().clamp(min=1e-12)
@@ -180,7 +185,7 @@ def scaled_equivalents(steps: torch.Tensor, known: torch.Tensor, log_ceiling: to
     any scale within all the bounds, and its equivalent any between the two ends' (where the bounds contradict each
     other the table is not that shape, and the ends still bracket it).
     """
-    base = torch.from_numpy(IJG_LUMA_BASE.astype(np.float32)).to(steps.dtype)
+    base = table_k1(steps)
     least = torch.where(known, (steps - 1) / base, torch.zeros_like(base)).max()
     most = torch.where(known & (steps < STEP_MAX), (steps + 1) / base, torch.full_like(base, float(STEP_MAX))).min()
     scales = torch.stack([torch.minimum(least, most), torch.maximum(least, most)])  # (2,)
