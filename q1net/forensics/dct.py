@@ -1,7 +1,7 @@
 """The luma plane and its 8x8 block DCT: the domain where JPEG quantises, shared by grid detection and the lattice fit.
 
-Written as tensor operations (a DCT is a convolution with the 64 basis images) so the
-same code runs in PyTorch and inside the exported programs.
+Written as matrix products (a block's DCT is one 64 x 64 product, every offset's in a window two
+banded ones) so the same code runs in PyTorch and inside the exported programs.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ def dct_matrix(n: int = BLOCK) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
-def dct_basis() -> torch.Tensor:
-    """(64, 1, 8, 8) basis images: convolving a luma plane with them gives each 8x8 window's coefficients, natural order."""
+def sliding_dct(offsets: int) -> torch.Tensor:
+    """(8 offsets, offsets + 7): row (k, y) takes frequency k of the 8 samples from y, so `S @ window @ S.T` is the
+    DCT of the 8x8 block at every offset (y, x) of a window, (k, y) by (l, x): two products, not 64 filters."""
     d = torch.from_numpy(dct_matrix())
-    return (d[:, None, :, None] * d[None, :, None, :]).reshape(BLOCK * BLOCK, 1, BLOCK, BLOCK)
+    rows = torch.zeros(BLOCK, offsets, offsets + BLOCK - 1)
+    for y in range(offsets):
+        rows[:, y, y : y + BLOCK] = d
+    return rows.reshape(BLOCK * offsets, offsets + BLOCK - 1)
 
 
 def block_dct() -> torch.Tensor:
