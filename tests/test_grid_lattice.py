@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter, JpegPresets
 from q1net.data.images import read_image
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
-from q1net.forensics.clipping import clipped_blocks
+from q1net.forensics.clipping import block_at, clipped_samples
 from q1net.forensics.dct import PIXEL_MAX
 from q1net.forensics.lattice import TIE_NATS, LatticeFit, coarser_lattice, log_no_lattice, same_values
 from q1net.forensics.ops import FAR
@@ -174,17 +174,18 @@ def test_screening_gives_the_answer_scoring_every_table_gives(program, scene, co
 
 
 @pytest.mark.parametrize(("height", "width"), [(24, 24), (31, 40), (40, 33)])
-def test_clipped_blocks_match_a_block_by_block_check(height, width):
+def test_clipped_samples_match_a_block_by_block_check(height, width):
     rng = np.random.default_rng(height * width)
     levels = np.array([0, 1, 128, 254, 255], np.uint8)
     pixels = rng.choice(levels, size=(height, width, 3), p=[0.002, 0.3, 0.396, 0.3, 0.002])
     regions, _, _ = cut_regions(pixels)
-    clipped = clipped_blocks(torch.from_numpy(regions))
-    for r in range(0, len(regions), 37):
-        for dy in range(8):
-            for dx in range(8):
+    for dy in range(8):
+        for dx in range(8):
+            _, high, low = clipped_samples(block_at(torch.from_numpy(regions), torch.tensor(dy), torch.tensor(dx)))
+            for r in range(0, len(regions), 37):
                 block = regions[r, :, dy : dy + 8, dx : dx + 8]
-                assert bool(clipped[r, dy, dx]) == bool(np.isin(block, [0, PIXEL_MAX]).any())
+                assert torch.equal(high[r], torch.from_numpy((block == PIXEL_MAX).any(axis=0)))
+                assert torch.equal(low[r], torch.from_numpy((block == 0).any(axis=0)))
 
 
 def test_lattice_is_weak_without_jpeg_and_absent_without_evidence(program, scene):

@@ -26,20 +26,12 @@ table of quality 100 as well as any, as unclipped blocks do.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from q1net.forensics.dct import BLOCK, PIXEL_MAX, block_dct, luma
 from q1net.forensics.ops import FAR, at_least, round_
 
 ZEROING_ROUNDS = 3  # first rounds only zero the coefficients under half a step: no non-zero level is chosen yet
 DECLIP_ROUNDS = 6  # then rounds onto the lattice
-
-
-def clipped_blocks(pixels: torch.Tensor) -> torch.Tensor:
-    """(R, 8, 8) bool: the block at each phase (dy, dx) of every region holds a sample at 0 or 255 (it left the lattice)."""
-    window = pixels[:, :, : 2 * BLOCK - 1, : 2 * BLOCK - 1].float()
-    extreme = ((window <= 0) | (window >= PIXEL_MAX)).float().amax(dim=1, keepdim=True)  # (R, 1, 15, 15), any channel
-    return F.max_pool2d(extreme, BLOCK, stride=1)[:, 0] > 0
 
 
 def block_at(pixels: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:

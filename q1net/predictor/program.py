@@ -31,8 +31,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
 from q1net.data.geometry import REGIONS, RegionGeometry
-from q1net.forensics.clipping import block_at, clipped_blocks, clipped_samples
-from q1net.forensics.dct import BLOCK, block_dct, luma
+from q1net.forensics.clipping import block_at, clipped_samples
+from q1net.forensics.dct import block_dct, luma
 from q1net.forensics.grid import GridDetector, GridPhase
 from q1net.forensics.lattice import Clipped, LatticeFit, LatticeVerifier
 from q1net.nets.q1net import Q1Network
@@ -169,10 +169,9 @@ class Q1Program(nn.Module):
 
     def fit(self, regions: torch.Tensor, phase: GridPhase, read_once: torch.Tensor) -> LatticeFit:
         """The lattice on the CNN's blocks at the detected phase (clipped ones read back by the declipper)."""
-        at_phase = (phase.dy * BLOCK + phase.dx).reshape(1)
         picked = regions.index_select(0, self.cnn_regions)
-        clipped = clipped_blocks(picked).flatten(1).index_select(1, at_phase)[:, 0]
         seen, high, low = clipped_samples(block_at(picked, phase.dy, phase.dx))
+        clipped = (high | low).flatten(1).any(dim=1)  # a sample at 0 or 255: the block left its lattice
         coefficients = seen.flatten(1) @ self.block_dct  # (B, 64)
         return self.lattice(coefficients, read_once & ~clipped, Clipped(seen, high, low, read_once & clipped))
 
