@@ -61,7 +61,10 @@ class GridDetector(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         offsets = 2 * BLOCK  # every phase twice in each direction: the four blocks of a region at that phase
-        self.register_buffer("sliding", sliding_dct(offsets), persistent=False)  # (8 offsets, offsets + 7), (k, y) rows
+        sliding = sliding_dct(offsets)  # (8 offsets, offsets + 7), (k, y) rows
+        # its transpose a buffer of its own: XNNPACK runs a product only by a constant, and a transposed view is not one
+        self.register_buffer("sliding", sliding, persistent=False)
+        self.register_buffer("sliding_t", sliding.T.contiguous(), persistent=False)
         # (l, x) columns -> x's phase: a product averages the cosines over l and both x of a phase
         column_phase = (torch.arange(BLOCK * offsets) % BLOCK)[:, None] == torch.arange(BLOCK)[None, :]
         self.register_buffer("column_phase", column_phase.float() / column_phase.sum(dim=0), persistent=False)
@@ -79,7 +82,7 @@ class GridDetector(nn.Module):
         span = self.sliding.shape[1]
         per_chunk = []
         for chunk in luma.split(REGION_CHUNK):
-            coefficients = self.sliding @ chunk[:, 0, :span, :span] @ self.sliding.T  # (r, (k, y), (l, x))
+            coefficients = self.sliding @ chunk[:, 0, :span, :span] @ self.sliding_t  # (r, (k, y), (l, x))
             by_column_phase = coefficients.mul_(2 * math.pi).cos_() @ self.column_phase  # (r, (k, y), x mod 8)
             per_chunk.append(by_column_phase.reshape(len(chunk), -1, BLOCK, BLOCK).mean(dim=1))  # mean over (k, y div 8)
         return torch.cat(per_chunk)
