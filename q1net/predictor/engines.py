@@ -14,7 +14,7 @@ The forensic stage (grid detection and the lattice fit, `Q1Program.locate`: hund
 operators that eager torch runs one at a time) has an engine of its own, "compiled": compiled ahead of time
 by Inductor (torch.export, then AOTInductor: fused C++ loops) into a package in the same cache, built on
 first use (35-45 s here, once per q1net source, torch version and block count) and loaded in milliseconds
-after. On a 2 MP photo's 256 regions it takes 12-19 ms against 25-45 eager (2 threads; `make bench`),
+after. On a 2 MP photo's 256 regions it takes 11-19 ms against 20-45 eager (2 threads; `make bench`),
 and the network runs on ONNX Runtime beside it. "auto" uses it when its package is already in the cache
 (`--engine compiled` builds it once), and otherwise the eager stage: a one-image `q1net predict` should
 not wait for a compiler. (The whole program exported to ONNX Runtime ran at 0.98-1.11x the eager one,
