@@ -12,7 +12,7 @@ from q1net.data.images import read_image
 from q1net.data.jpeg import jpeg_encode, jpeg_roundtrip
 from q1net.data.sources import SyntheticSource
 from q1net.forensics.clipping import block_at, clipped_samples
-from q1net.forensics.dct import PIXEL_MAX
+from q1net.forensics.dct import PIXEL_MAX, dct_matrix, sliding_dct
 from q1net.forensics.lattice import TIE_NATS, LatticeFit, coarser_lattice, log_no_lattice, same_values
 from q1net.forensics.ops import FAR
 from q1net.forensics.quant_tables import (
@@ -171,6 +171,15 @@ def test_screening_gives_the_answer_scoring_every_table_gives(program, scene, co
     torch.testing.assert_close(fit.tables[scored], every[scored], rtol=1e-5, atol=1e-2)
     if bool(fit.ijg):
         assert int(fit.quality) == best + 1
+
+
+def test_sliding_dct_gives_every_offsets_block_dct():
+    window = torch.from_numpy(np.random.default_rng(7).uniform(-128, 127, (23, 23)).astype(np.float32))
+    sliding = sliding_dct(16)
+    coefficients = (sliding @ window @ sliding.T).reshape(8, 16, 8, 16)  # (k, y, l, x)
+    d = torch.from_numpy(dct_matrix())
+    for y, x in ((0, 0), (3, 11), (8, 1), (15, 15)):
+        torch.testing.assert_close(coefficients[:, y, :, x], d @ window[y : y + 8, x : x + 8] @ d.T, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize(("height", "width"), [(24, 24), (31, 40), (40, 33)])
