@@ -56,6 +56,9 @@ def fake_results() -> dict:
                 "network_seconds": 0.028,
                 "detect_seconds": 0.01,
                 "detect_fit_seconds": 0.09,
+                "grid_module_seconds": 0.008,
+                "lattice_module_seconds": 0.07,
+                "declipper_module_seconds": 0.02,
                 "whole_over_network": 5.0,
             },
             "vulkan": {
@@ -99,7 +102,8 @@ def test_ratios_and_table():
     assert results["ratios"]["network_over_decode"] == 0.5  # the network alone, 10 ms, against a 20 ms decode
     assert "The network on 256 patches: 3.90 GFLOP (a multiply-add is two), 24 GFLOP/s" in table  # 160 ms at 16 blocks
     assert results["ratios"]["program_ms"] == 150.0 and results["ratios"]["xnnpack_program_over_network"] == 5.0
-    assert "its first stages exported alone: grid detection 10.0, detection and the lattice fit 90.0." in table
+    assert "its first stages exported alone: grid detection 10.0, detection and the lattice fit 90.0;" in table
+    assert "its modules alone: the grid detector 8.0, the lattice verifier 70.0, of which its declipper 20.0." in table
     assert "| aten::exp | 40.0 | 28 | Conv | 38.0 |" in table and "(0.93x eager, taking turns; the export 31 s once)" in table
     assert "grid and lattice compiled (`--engine compiled`) 160.0 (0.80x eager, taking turns)" in table
     assert "built once in 41 s" in table and "| 2MP | png | 20.0 | 1.0 | 1.0 |" in table
@@ -122,7 +126,8 @@ def test_program_section_profiles_every_form(photo, tmp_path):
     assert section["eager"]["top"] and section["onnxruntime"]["top"] and section["compiled"]["over_eager"] > 0
     assert section["onnxruntime"]["over_eager"] > 0 and section["onnxruntime"]["export_seconds"] > 0
     xnnpack = section["xnnpack"]
-    assert all(xnnpack[f"{name}_seconds"] > 0 for name in ("whole", "network", "detect", "detect_fit"))
+    modules = ("grid_module", "lattice_module", "declipper_module")
+    assert all(xnnpack[f"{name}_seconds"] > 0 for name in ("whole", "network", "detect", "detect_fit", *modules))
     network, everything = section["vulkan"]["network"], section["vulkan"]["all"]
     assert network["delegates"] == 1 and everything["delegates"] > 1
     assert everything["delegated_operators"] > network["delegated_operators"]

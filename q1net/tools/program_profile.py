@@ -5,8 +5,9 @@ and in each exported form, on the regions of one decoded photo (256 at the defau
   by self time (torch.profiler); the same with grid detection and the lattice fit compiled (`--engine compiled`);
 - ONNX Runtime: the program exported whole (`q1net export --program hybrid --format onnx`), in all and by operator
   type (ONNX Runtime's own profile), taking turns with eager (their paired ratio), and the export's one-off seconds;
-- ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, and its
-  first stages exported alone (grid detection; detection and the lattice fit), all taking turns;
+- ExecuTorch XNNPACK: the whole-predictor program beside the network-only program on the same patches, its
+  first stages exported alone (grid detection; detection and the lattice fit), and the forensic modules alone on
+  the arguments they get in the program (the grid detector, the lattice verifier, its declipper), all taking turns;
 - ExecuTorch Vulkan: how much of the program its delegates take, lowered either way (the network alone; every
   operator the partitioner supports): operators in them, and those left to the portable kernels, by type. Its
   kernels do not run here (the pip runtime has no Vulkan backend).
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from q1net.tools.bench import paired_ratio, timed_in_turn
 
@@ -113,6 +115,41 @@ class FirstStages(nn.Module):
         return (*phase, read_once, *self.program.fit(regions, phase, read_once)) if self.fit else (*phase, read_once)
 
 
+class Flattened(nn.Module):
+    """`module` called with arguments given as the leaves of `spec` and its answer as a flat tuple: a program's
+    inputs and outputs are tensors, not the NamedTuples the forensic modules take and give."""
+
+    def __init__(self, module: nn.Module, spec) -> None:
+        super().__init__()
+        self.module, self.spec = module, spec
+
+    def forward(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(tree_flatten(self.module(*tree_unflatten(list(leaves), self.spec)))[0])
+
+
+def forensic_modules(program, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
+    """The grid detector, the lattice verifier and its declipper, each `Flattened` with the arguments it gets in one
+    eager run of the program's forensic stage on `inputs` (recorded by forward pre-hooks)."""
+    modules = {"grid": program.grid, "lattice": program.lattice, "declipper": program.lattice.declip}
+    recorded: dict[str, tuple] = {}
+
+    def record(name: str, _module: nn.Module, args: tuple) -> None:
+        recorded.setdefault(name, args)
+
+    hooks = [module.register_forward_pre_hook(partial(record, name)) for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            program.locate(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    parts = {}
+    for name, module in modules.items():
+        leaves, spec = tree_flatten(recorded[name])
+        parts[name] = (Flattened(module, spec), tuple(leaves))
+    return parts
+
+
 def xnnpack_pte(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path) -> Path:
     """`module` lowered to ExecuTorch with XNNPACK taking what it supports, written to `out`."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -125,8 +162,9 @@ def xnnpack_pte(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: Path) 
 
 
 def xnnpack(program, inputs: tuple[torch.Tensor, ...], patches: np.ndarray, scratch: Path, repeats: int) -> dict:
-    """Seconds of the XNNPACK whole-predictor program, of its first stages alone (`FirstStages`) and of the
-    network-only XNNPACK program on the same patches."""
+    """Seconds of the XNNPACK whole-predictor program, of its first stages alone (`FirstStages`), of its forensic
+    modules alone (`forensic_modules`: `{name}_module_seconds`) and of the network-only XNNPACK program on the same
+    patches."""
     from q1net.export.formats import export_pte, lower_hybrid, write_hybrid_pte
     from q1net.export.parity import pte_runner
     from q1net.predictor.engines import program_runner
@@ -136,8 +174,10 @@ def xnnpack(program, inputs: tuple[torch.Tensor, ...], patches: np.ndarray, scra
     fit = program_runner(xnnpack_pte(FirstStages(program, fit=True), inputs, scratch / "detect_fit_xnnpack.pte"))
     network = pte_runner(export_pte(program.net, scratch / "network_xnnpack.pte", "xnnpack"))
     batch = torch.from_numpy(patches).float()
-    programs = {"whole": whole, "detect": detect, "detect_fit": fit}
-    times = timed_in_turn({name: partial(run, *inputs) for name, run in programs.items()} | {"network": partial(network, batch)}, repeats)
+    programs = {name: partial(run, *inputs) for name, run in (("whole", whole), ("detect", detect), ("detect_fit", fit))}
+    for name, (module, arguments) in forensic_modules(program, inputs).items():
+        programs[f"{name}_module"] = partial(program_runner(xnnpack_pte(module, arguments, scratch / f"{name}_xnnpack.pte")), *arguments)
+    times = timed_in_turn(programs | {"network": partial(network, batch)}, repeats)
     seconds = {f"{name}_seconds": statistics.median(series) for name, series in times.items()}
     return seconds | {"whole_over_network": paired_ratio(times["whole"], times["network"])}
 
@@ -200,7 +240,9 @@ def markdown_lines(section: dict) -> list[str]:
         f"{1000 * ort['seconds']:.1f} ({ort['over_eager']:.2f}x eager, taking turns; the export {ort['export_seconds']:.0f} s "
         f"once); ExecuTorch XNNPACK, whole {1000 * x['whole_seconds']:.1f} against "
         f"the network alone {1000 * x['network_seconds']:.1f} ({x['whole_over_network']:.2f}x); its first stages exported "
-        f"alone: grid detection {1000 * x['detect_seconds']:.1f}, detection and the lattice fit {1000 * x['detect_fit_seconds']:.1f}.",
+        f"alone: grid detection {1000 * x['detect_seconds']:.1f}, detection and the lattice fit {1000 * x['detect_fit_seconds']:.1f}; "
+        f"its modules alone: the grid detector {1000 * x['grid_module_seconds']:.1f}, the lattice verifier "
+        f"{1000 * x['lattice_module_seconds']:.1f}, of which its declipper {1000 * x['declipper_module_seconds']:.1f}.",
         *(
             f"Vulkan program, delegating {scope}: {v['delegated_operators']} operators in {v['delegates']} delegate(s), "
             f"{v['portable_operators']} on the portable kernels ("
