@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import q1net
 from q1net import Predictor
@@ -49,7 +50,7 @@ def test_onnx_file_is_cached_by_weights(net):
     assert not [p for p in first.parent.iterdir() if p.name.startswith("tmp")]  # no leftovers of the atomic write
 
 
-def test_compiled_stage_gives_the_eager_answers_and_auto_takes_it_once_cached(net, photos, tmp_path, monkeypatch):
+def test_compiled_stage_gives_the_eager_answers_auto_takes_it_once_cached_and_workers_leave_no_files(net, photos, tmp_path, monkeypatch):
     monkeypatch.setenv("Q1NET_CACHE", str(tmp_path))
     eager = Predictor(net, engine="onnxruntime")
     assert not isinstance(Predictor(net).locate, CompiledLocator)  # auto: not compiled while the cache has none
@@ -66,6 +67,17 @@ def test_compiled_stage_gives_the_eager_answers_and_auto_takes_it_once_cached(ne
     assert isinstance(Predictor(net).locate, CompiledLocator)  # auto: the cached package, not built again
     assert locator_path(Predictor(net, blocks=4).program) != locator_path(compiled.program)  # another shape, another build
 
+    # pool workers end by a signal, so the loader's own clean-up never runs: loading must leave nothing in TMPDIR
+    folder, scratch = tmp_path / "images", tmp_path / "tmp"
+    folder.mkdir(), scratch.mkdir()
+    for i, image in enumerate(images[:4]):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    command = [sys.executable, "-m", "q1net.cli", "predict", str(folder), "--engine", "compiled", "--workers", "2"]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith(("aotinductor_", "q1net-load-"))]
+
 
 def test_engine_names_are_checked(net):
     with pytest.raises(ValueError, match="engine must be one of"):
@@ -73,8 +85,6 @@ def test_engine_names_are_checked(net):
 
 
 def test_workers_give_the_same_rows(tmp_path, photos):
-    from PIL import Image
-
     for i, photo in enumerate(photos):
         Image.fromarray(jpeg_roundtrip(photo, 30 + 20 * i)).save(tmp_path / f"{i}.png")
     env = os.environ | {"PYTHONPATH": str(ROOT)}

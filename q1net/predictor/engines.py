@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from torch import nn
 
 from q1net import __version__
 from q1net.atomic import write_atomically
+from q1net.environment import environment
 from q1net.forensics.grid import GridPhase
 from q1net.forensics.lattice import LatticeFit
 from q1net.nets.q1net import Q1Network
@@ -182,6 +184,17 @@ def cached_locator(program: Q1Program) -> Path:
     return path
 
 
+def load_package(path: Path) -> Callable[..., list[torch.Tensor]]:
+    """An AOTInductor package loaded into this process, leaving nothing on disk. The loader extracts the package's
+    shared library into a new folder under TMPDIR and removes it only when it is destroyed, which never happens in
+    a process ended by a signal or os._exit (`q1net predict --workers`'s pool workers): 3.4 MB left in /tmp every
+    time. The library is read while loading, so it is extracted into a folder of ours, removed once loaded."""
+    from torch._inductor import aoti_load_package
+
+    with tempfile.TemporaryDirectory(prefix="q1net-load-") as scratch, environment(TMPDIR=scratch):
+        return aoti_load_package(str(path))
+
+
 class CompiledLocator:
     """A loaded package of `cached_locator`, called as `Q1Program.locate` is."""
 
@@ -203,9 +216,7 @@ def make_locator(
     if engine == "auto" and not locator_path(program).is_file():
         return program.locate
     try:
-        from torch._inductor import aoti_load_package
-
-        compiled = aoti_load_package(str(cached_locator(program)))
+        compiled = load_package(cached_locator(program))
     except Exception as error:
         if engine == "compiled":
             raise

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from q1net.environment import environment
 from q1net.predictor.inference import BLOCKS_DEFAULT
 
 SIZES = {"0.5MP": (816, 612), "2MP": (1632, 1224), "12MP": (4000, 3000)}
@@ -435,28 +436,15 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
-def own_cache(folder: Path):
-    """Q1NET_CACHE set to `folder` for the sections' processes: the compiled stage is built (and timed) afresh, and
-    `q1net predict` in the throughput section finds it, as it does for a user once built (`--engine auto`)."""
-    before = os.environ.get("Q1NET_CACHE")
-    os.environ["Q1NET_CACHE"] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["Q1NET_CACHE"]
-        else:
-            os.environ["Q1NET_CACHE"] = before
-
-
 def run_bench(out: Path, workers: int | None = None) -> dict:
     """All sections; writes OUT/results.json and OUT/results.md and returns the results."""
     from q1net.tools.program_profile import program_section
 
     workers = workers or os.cpu_count() or 1
     results: dict = {"machine": machine(), "peak_mb": {}}
-    with tempfile.TemporaryDirectory() as scratch, own_cache(Path(scratch) / "cache"):
+    with tempfile.TemporaryDirectory() as scratch, environment(Q1NET_CACHE=str(Path(scratch) / "cache")):
+        # the compiled stage is built (and timed) afresh, and `q1net predict` in the throughput section finds it,
+        # as it does for a user once built (`--engine auto`)
         latency = in_fresh_process(latency_section, scratch)
         results |= {"latency": latency["latency"], "blocks": latency["blocks"], "network_gflop": latency["network_gflop"]}
         results["peak_mb"]["latency"], results["compile_seconds"] = latency["peak_mb"], latency["compile_seconds"]
