@@ -25,8 +25,9 @@ from q1net.forensics.quant_tables import (
     scaled_equivalents,
 )
 from q1net.nets.q1net import create_model
+from q1net.predictor.inference import undetermined_reason
 from q1net.predictor.program import Q1Program, cut_regions
-from q1net.predictor.rules import AGREE_LEVELS, CHOICE_NATS, Vote, combine
+from q1net.predictor.rules import AGREE_LEVELS, CHOICE_NATS, EARLIER_LEVELS, METHOD_CODES, Vote, combine
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +319,22 @@ def test_hybrid_rule():
     assert answer(vote_of(70.0), other)[:5] == (76.0, 70.0, 77.0, 1.0, False)
     assert answer(vote_of(41.3), fit_of(40), method="cnn")[:4] == (41.3, 40.3, 42.3, 0.0)
     assert answer(vote_of(70.0), fit_of(40), method="lattice")[:4] == (40.0, 40.0, 40.0, 1.0)
+
+
+def test_a_cnn_well_under_an_ijg_lattice_leaves_the_answer_undetermined_down_to_its_voters():
+    """Coded at 85, then at 90: the lattice reads the last coding (90), the CNN 83 over voters 62..94, too near to
+    flag two codings. With half the sampled blocks or more voting, the lattice still answers, undetermined, its range
+    down to the voters and not above 90."""
+    assert answer(vote_of(90 - EARLIER_LEVELS, 62.0, 94.0), fit_of(90)) == (90.0, 62.0, 90.0, 1.0, False, False)
+    assert answer(vote_of(90 - EARLIER_LEVELS + 0.5, 62.0, 94.0), fit_of(90)) == (90.0, 90.0, 90.0, 1.0, False, True)
+    assert answer(vote_of(83.0, 62.0, 94.0, support=0.45), fit_of(90))[5] is True  # under half the blocks voting
+    fields = {"blocks_informative": 200, "grid_sure": 1, "fallback": 0, "method": METHOD_CODES["lattice"], "recompressed": 0}
+    fields |= {"blocks_used": 200, "blocks_sampled": 256}
+    reason = undetermined_reason(fields | {"lattice_ijg": 1, "quality": 90.0, "cnn_quality": 83.2}, 62, 90)
+    assert reason.startswith("undetermined: the last coding's table is quality 90, the network reads about 83")
+    assert undetermined_reason(fields | {"lattice_ijg": 1, "quality": 40.0, "cnn_quality": 39.0}, 30, 45) == (
+        "undetermined: the pixels allow 30..45"
+    )
 
 
 def test_the_cnn_chooses_only_among_tables_tied_with_the_best():

@@ -35,7 +35,7 @@ from q1net.predictor.calibration import Calibration
 from q1net.predictor.engines import Engine, EngineName, make_engine, make_locator, program_runner
 from q1net.predictor.heap import keep_freed_memory
 from q1net.predictor.program import ANSWER_FIELDS, Evidence, Q1Program, answer_tensors, cut_regions, spread_index
-from q1net.predictor.rules import METHOD_CODES
+from q1net.predictor.rules import METHOD_CODES, earlier_coding_possible
 from q1net.predictor.weights import DEFAULT_PRETRAINED, WeightsError, load_net_file, load_weights, pretrained_path
 
 TAU_DEFAULT = 96.0  # confidence threshold found by grid search in the paper
@@ -311,6 +311,13 @@ def undetermined_reason(answer: dict[str, float], low: int, high: int) -> str:
         return "undetermined: no JPEG grid found (never JPEG-coded, resized or filtered after coding)"
     if answer["fallback"]:
         return "undetermined: no block passed tau"
+    by_ijg_lattice = answer["method"] == METHOD_CODES["lattice"] and bool(answer["lattice_ijg"]) and not answer["recompressed"]
+    support = answer["blocks_used"] / max(answer["blocks_sampled"], 1)
+    if earlier_coding_possible(by_ijg_lattice and not answer["fallback"], answer["cnn_quality"], support, answer["quality"]):
+        return (
+            f"undetermined: the last coding's table is quality {answer['quality']:.0f}, the network reads about "
+            f"{answer['cnn_quality']:.0f}: an earlier, lower coding may lie under it ({low}..{high})"
+        )
     return f"undetermined: the pixels allow {low}..{high}"
 
 

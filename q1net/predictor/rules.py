@@ -34,6 +34,10 @@ the kept qualities. Here, as well:
   on no table's lattice clearly, and the network's reading then rests on blocks that look alike
   at many qualities (smooth gradients coded at 85..100 read determined at 91..95, their truth
   outside; no coded photo of the validation set, 910 aligned and cropped at 1..100, was affected);
+- a strong IJG lattice with the CNN reading EARLIER_LEVELS or more under it (a majority of the
+  sampled blocks voting), but not far enough to flag, still answers, undetermined: the last coding's lattice can hide an earlier, lower one
+  (coded at 85, then at 90: the lattice reads 90, the CNN 83), so the range reaches down to the
+  CNN's voters, and no higher than the lattice allows;
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
   lattice's plausible set (issue #13: gradients coded at 1 that a lattice read at 6..23, and
   at 85..100 whose voters stopped at 98). A determined answer's range is left as it is.
@@ -58,6 +62,15 @@ RANGE_PERCENTILES = (0.1, 0.9)  # a CNN answer's range: these percentiles of the
 MIN_SUPPORT = 0.4  # share of the sampled blocks voting from which the CNN may speak for a recompression (val: double-coded
 # photos vote with 0.53 and more; a screenshot the network misreads, 0.22)
 AGREE_LEVELS = 12.0  # the CNN's whole range this far under the lattice's: an earlier, lower coding (CNN max test error ~9)
+# The CNN's median this far under a strong IJG lattice's answer, not far enough to speak for two codings: an earlier,
+# lower coding that the last one's lattice hides may lie under it (val, coded at 85 then 90: lattice 90, CNN 82-83).
+# Single-coded validation photos (3,250: aligned, cropped, 4:2:2, 4:4:4, grey, Annex K, flatter tables, enlarged 5x)
+# come that far under once, at quality 100 (CNN 94); 5 levels under, 15 do, 4 under, 24. Coded at q, then at 60, 75 or
+# 90 (1,768): 45 answers, 43 of them determined with the first coding outside their range.
+EARLIER_LEVELS = 6.0
+# ... with a majority of the sampled blocks voting: generated graphics, whose text and line art the network misreads,
+# came that far under with 41-64% (19 of 1,224, seed 1; 5 at 50% or more), the double-coded photos with 41-99%.
+EARLIER_SUPPORT = 0.5
 DOUBLE_GAIN_MIN = 0.5  # nats per unit of evidence the double lattice must gain to show two codings
 DETERMINED_WIDTH = 10.0  # widest range (levels) of a determined answer
 # Tables this close to the lattice's best are as good as tied (exact ties: steps where every level is 0, as quality 1's
@@ -175,6 +188,17 @@ def last_true_quality(allowed: torch.Tensor) -> torch.Tensor:
     return QUALITY_MIN + last_true(allowed).float()
 
 
+def earlier_coding_possible(
+    by_ijg_lattice: torch.Tensor | bool,
+    cnn_quality: torch.Tensor | float,
+    cnn_support: torch.Tensor | float,
+    lattice_quality: torch.Tensor | float,
+) -> torch.Tensor | bool:
+    """Whether an IJG lattice's answer may hide an earlier, lower coding (module docstring): tensors in the program,
+    plain numbers where the host words the answer's note."""
+    return by_ijg_lattice & (cnn_support >= EARLIER_SUPPORT) & (cnn_quality <= lattice_quality - EARLIER_LEVELS)
+
+
 def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = "hybrid") -> Verdict:
     """One answer and its range from the CNN's vote and the lattice fit (rules in the module docstring)."""
     strong = fit.strong & grid_found  # a lattice on a phase nobody confirmed says nothing
@@ -225,13 +249,15 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
     lattice_read = fit.found & grid_found  # the lattice had evidence on the grid the blocks were read on
-    determined = (strong & (high - low <= DETERMINED_WIDTH)) | (~lattice_read & cnn_determined)
+    earlier = earlier_coding_possible(by_lattice & fit.ijg & ~cnn.fallback, cnn.quality, cnn.support, lattice_quality)
+    determined = ((strong & (high - low <= DETERMINED_WIDTH)) | (~lattice_read & cnn_determined)) & ~earlier
     # undetermined and coded once: the range spans every reading, the lattice's plausible set and the CNN's voters
-    span = ~determined & ~recompressed
+    span = ~determined & ~recompressed & ~earlier
     reading_low = torch.minimum(cnn.low, torch.where(lattice_read, fit.quality_low, cnn.low))
     reading_high = torch.maximum(cnn.high, torch.where(lattice_read, fit.quality_high, cnn.high))
     low = torch.where(span, torch.minimum(low, reading_low), low)
     high = torch.where(span, torch.maximum(high, reading_high), high)
+    low = torch.where(earlier, torch.minimum(low, cnn.low), low)  # the earlier coding: as low as the CNN's voters, not above the lattice
     # no grid found: blocks read on an assumed grid say nothing about the range; any quality is possible
     low = torch.where(grid_found, low, torch.full_like(low, QUALITY_MIN))
     high = torch.where(grid_found, high, torch.full_like(high, QUALITY_MAX))
