@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from q1net import Predictor
 from q1net.data.jpeg import jpeg_roundtrip
 from q1net.data.sources import GraphicsSource
 from q1net.nets.q1net import create_model
-from q1net.predictor.engines import CompiledLocator, cache_dir, cached_onnx, locator_path, make_engine
+from q1net.predictor.engines import UNUSED_DAYS, CompiledLocator, cache_dir, cached_onnx, locator_path, make_engine, remove_unused
 from q1net.predictor.weights import load_weights, pretrained_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,10 @@ def test_compiled_stage_gives_the_eager_answers_auto_takes_it_once_cached_and_wo
     for a, b in zip(eager.predict_batch(images), compiled.predict_batch(images), strict=True):
         assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
         assert a.lattice_strength == pytest.approx(b.lattice_strength, abs=0.05)
+    package = locator_path(compiled.program)
+    os.utime(package, (0, 0))
     assert isinstance(Predictor(net).locate, CompiledLocator)  # auto: the cached package, not built again
+    assert package.stat().st_mtime > time.time() - 600  # and marked as used now (`remove_unused` keeps it)
     assert locator_path(Predictor(net, blocks=4).program) != locator_path(compiled.program)  # another shape, another build
 
     # pool workers end by a signal, so the loader's own clean-up never runs: loading must leave nothing in TMPDIR
@@ -77,6 +81,17 @@ def test_compiled_stage_gives_the_eager_answers_auto_takes_it_once_cached_and_wo
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert not [p.name for p in scratch.iterdir() if p.name.startswith(("aotinductor_", "q1net-load-"))]
+
+
+def test_compiled_stages_unused_for_a_month_are_removed_when_another_is_built(tmp_path):
+    month_ago = time.time() - (UNUSED_DAYS + 1) * 86400
+    old, recent, built, onnx = (tmp_path / name for name in ("locate-old.pt2", "locate-recent.pt2", "locate-new.pt2", "net.onnx"))
+    for path in (old, recent, built, onnx):
+        path.write_bytes(b"package")
+    for path in (old, built, onnx):
+        os.utime(path, (month_ago, month_ago))
+    remove_unused(tmp_path, keep=built)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locate-new.pt2", "locate-recent.pt2", "net.onnx"]
 
 
 def test_engine_names_are_checked(net):

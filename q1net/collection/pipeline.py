@@ -146,6 +146,8 @@ def answered(
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with context.Pool(workers, start_worker, (load, options)) as pool:
         yield from in_order(lambda item: pool.apply_async(work, (item, heatmaps(item))).get, items, WINDOW_PER_WORKER * workers)
+        pool.close()  # let every worker finish its start and exit: one killed while loading the compiled stage leaves its files
+        pool.join()
 
 
 @dataclass

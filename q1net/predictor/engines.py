@@ -23,10 +23,12 @@ and torch.compile of the whole program, network included, compiled for minutes a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,7 @@ from q1net.predictor.program import Q1Program
 EngineName = Literal["auto", "torch", "onnxruntime", "compiled"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "compiled")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the q1net sources a compiled stage is built from
+UNUSED_DAYS = 30  # a compiled stage not loaded for this long is removed when another one is built
 LOG = logging.getLogger(__name__)  # the one-off builds are announced here: a first predict otherwise waits in silence
 Located = tuple[GridPhase, LatticeFit, torch.Tensor, torch.Tensor]  # Q1Program.locate's answer
 
@@ -181,7 +184,18 @@ def cached_locator(program: Q1Program) -> Path:
         from torch._inductor import aoti_compile_and_package
 
         write_atomically(path, lambda temporary: aoti_compile_and_package(exported, package_path=temporary))
+        remove_unused(path.parent, keep=path)
     return path
+
+
+def remove_unused(folder: Path, keep: Path) -> None:
+    """Remove the compiled stages in `folder` not loaded for UNUSED_DAYS (`make_locator` touches a package it loads):
+    every q1net source, torch version or block count builds its own, and an upgrade leaves the old ones behind."""
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    for package in folder.glob("locate-*.pt2"):
+        with contextlib.suppress(OSError):  # another process may be removing it, or the cache may be read-only
+            if package != keep and package.stat().st_mtime < cutoff:
+                package.unlink()
 
 
 def load_package(path: Path) -> Callable[..., list[torch.Tensor]]:
@@ -216,7 +230,10 @@ def make_locator(
     if engine == "auto" and not locator_path(program).is_file():
         return program.locate
     try:
-        compiled = load_package(cached_locator(program))
+        path = cached_locator(program)
+        compiled = load_package(path)
+        with contextlib.suppress(OSError):  # a read-only cache is still used
+            os.utime(path)  # last used now: `remove_unused` keeps it
     except Exception as error:
         if engine == "compiled":
             raise
