@@ -313,7 +313,7 @@ def undetermined_reason(answer: dict[str, float], low: int, high: int) -> str:
         return "undetermined: no block passed tau"
     by_ijg_lattice = answer["method"] == METHOD_CODES["lattice"] and bool(answer["lattice_ijg"]) and not answer["recompressed"]
     support = answer["blocks_used"] / max(answer["blocks_sampled"], 1)
-    if earlier_coding_possible(by_ijg_lattice and not answer["fallback"], answer["cnn_quality"], support, answer["quality"]):
+    if earlier_coding_possible(by_ijg_lattice, answer["cnn_quality"], support, answer["quality"]):  # as the program decided
         return (
             f"undetermined: the last coding's table is quality {answer['quality']:.0f}, the network reads about "
             f"{answer['cnn_quality']:.0f}: an earlier, lower coding may lie under it ({low}..{high})"

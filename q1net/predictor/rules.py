@@ -35,9 +35,9 @@ the kept qualities. Here, as well:
   at many qualities (smooth gradients coded at 85..100 read determined at 91..95, their truth
   outside; no coded photo of the validation set, 910 aligned and cropped at 1..100, was affected);
 - a strong IJG lattice with the CNN reading EARLIER_LEVELS or more under it (a majority of the
-  sampled blocks voting), but not far enough to flag, still answers, undetermined: the last coding's lattice can hide an earlier, lower one
-  (coded at 85, then at 90: the lattice reads 90, the CNN 83), so the range reaches down to the
-  CNN's voters, and no higher than the lattice allows;
+  sampled blocks voting), but not far enough to flag, still answers, undetermined: the last
+  coding's lattice can hide an earlier, lower one (coded at 85, then at 90: the lattice reads 90,
+  the CNN 83), so the range reaches down to the CNN's voters, and no higher than the lattice allows;
 - an undetermined answer of one coding spans every reading: the CNN voters' range and the
   lattice's plausible set (issue #13: gradients coded at 1 that a lattice read at 6..23, and
   at 85..100 whose voters stopped at 98). A determined answer's range is left as it is.
