@@ -71,7 +71,7 @@ def test_compiled_stage_gives_the_eager_answers_auto_takes_it_once_cached_and_wo
     assert package.stat().st_mtime > time.time() - 600  # and marked as used now (`remove_unused` keeps it)
     assert locator_path(Predictor(net, blocks=4).program) != locator_path(compiled.program)  # another shape, another build
 
-    # pool workers end by a signal, so the loader's own clean-up never runs: loading must leave nothing in TMPDIR
+    # pool workers end by os._exit or a signal, without the loader's own clean-up: loading must leave nothing in TMPDIR
     folder, scratch = tmp_path / "images", tmp_path / "tmp"
     folder.mkdir(), scratch.mkdir()
     for i, image in enumerate(images[:4]):
