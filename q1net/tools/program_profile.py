@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from q1net.tools.bench import paired_ratio, timed_in_turn
 
@@ -119,7 +119,7 @@ class Flattened(nn.Module):
     """`module` called with arguments given as the leaves of `spec` and its answer as a flat tuple: a program's
     inputs and outputs are tensors, not the NamedTuples the forensic modules take and give."""
 
-    def __init__(self, module: nn.Module, spec) -> None:
+    def __init__(self, module: nn.Module, spec: TreeSpec) -> None:
         super().__init__()
         self.module, self.spec = module, spec
 
