@@ -27,7 +27,7 @@ from q1net.forensics.quant_tables import (
 from q1net.nets.q1net import create_model
 from q1net.predictor.inference import undetermined_reason
 from q1net.predictor.program import Q1Program, cut_regions
-from q1net.predictor.rules import AGREE_LEVELS, CHOICE_NATS, EARLIER_LEVELS, METHOD_CODES, Vote, combine
+from q1net.predictor.rules import AGREE_LEVELS, CHOICE_NATS, EARLIER_LEVELS, METHOD_CODES, MIN_SUPPORT, Vote, combine
 
 
 @pytest.fixture(scope="module")
@@ -323,11 +323,12 @@ def test_hybrid_rule():
 
 def test_a_cnn_well_under_an_ijg_lattice_leaves_the_answer_undetermined_down_to_its_voters():
     """Coded at 85, then at 90: the lattice reads the last coding (90), the CNN 83 over voters 62..94, too near to
-    flag two codings. With half the sampled blocks or more voting, the lattice still answers, undetermined, its range
+    flag two codings. With MIN_SUPPORT of the sampled blocks voting, the lattice still answers, undetermined, its range
     down to the voters and not above 90."""
     assert answer(vote_of(90 - EARLIER_LEVELS, 62.0, 94.0), fit_of(90)) == (90.0, 62.0, 90.0, 1.0, False, False)
     assert answer(vote_of(90 - EARLIER_LEVELS + 0.5, 62.0, 94.0), fit_of(90)) == (90.0, 90.0, 90.0, 1.0, False, True)
-    assert answer(vote_of(83.0, 62.0, 94.0, support=0.45), fit_of(90))[5] is True  # under half the blocks voting
+    assert answer(vote_of(83.0, 62.0, 94.0, support=MIN_SUPPORT), fit_of(90))[5] is False
+    assert answer(vote_of(83.0, 62.0, 94.0, support=MIN_SUPPORT - 0.05), fit_of(90))[5] is True  # too few blocks voting
     fields = {"blocks_informative": 200, "grid_sure": 1, "fallback": 0, "method": METHOD_CODES["lattice"], "recompressed": 0}
     fields |= {"blocks_used": 200, "blocks_sampled": 256}
     reason = undetermined_reason(fields | {"lattice_ijg": 1, "quality": 90.0, "cnn_quality": 83.2}, 62, 90)

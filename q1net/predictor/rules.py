@@ -34,7 +34,7 @@ the kept qualities. Here, as well:
   on no table's lattice clearly, and the network's reading then rests on blocks that look alike
   at many qualities (smooth gradients coded at 85..100 read determined at 91..95, their truth
   outside; no coded photo of the validation set, 910 aligned and cropped at 1..100, was affected);
-- a strong IJG lattice with the CNN reading EARLIER_LEVELS or more under it (a majority of the
+- a strong IJG lattice with the CNN reading EARLIER_LEVELS or more under it (MIN_SUPPORT of the
   sampled blocks voting), but not far enough to flag, still answers, undetermined: the last
   coding's lattice can hide an earlier, lower one (coded at 85, then at 90: the lattice reads 90,
   the CNN 83), so the range reaches down to the CNN's voters, and no higher than the lattice allows;
@@ -59,18 +59,19 @@ from q1net.forensics.ops import FAR, first_true, last_true, take
 FLAT_RANGE = 3.0  # a patch whose channels each span at most this many levels is flat: it never votes
 FALLBACK_SHARE = 0.25  # with nothing above tau, the median of this most-confident share of the informative blocks
 RANGE_PERCENTILES = (0.1, 0.9)  # a CNN answer's range: these percentiles of the voting blocks' qualities
-MIN_SUPPORT = 0.4  # share of the sampled blocks voting from which the CNN may speak for a recompression (val: double-coded
-# photos vote with 0.53 and more; a screenshot the network misreads, 0.22)
+# Share of the sampled blocks voting from which the CNN may speak for a recompression or an earlier coding (val:
+# double-coded photos vote with 0.53 and more; a screenshot the stage-2 network misread, 0.22; generated graphics of
+# seed 1 came 5 levels under a strong IJG lattice with 41% and more 10 times of 1,224, one of them a gradient coded at
+# 94 whose lattice read 99, determined, with 46% voting).
+MIN_SUPPORT = 0.4
 AGREE_LEVELS = 12.0  # the CNN's whole range this far under the lattice's: an earlier, lower coding (CNN max test error ~9)
 # The CNN's median this far under a strong IJG lattice's answer, not far enough to speak for two codings: an earlier,
-# lower coding that the last one's lattice hides may lie under it (val, coded at 85 then 90: lattice 90, CNN 82-83).
-# Single-coded validation photos (3,250: aligned, cropped, 4:2:2, 4:4:4, grey, Annex K, flatter tables, enlarged 5x)
-# come that far under once, at quality 100 (CNN 94); 5 levels under, 15 do, 4 under, 24. Coded at q, then at 60, 75 or
-# 90 (1,768): 45 answers, 43 of them determined with the first coding outside their range.
-EARLIER_LEVELS = 6.0
-# ... with a majority of the sampled blocks voting: generated graphics, whose text and line art the network misreads,
-# came that far under with 41-64% (19 of 1,224, seed 1; 5 at 50% or more), the double-coded photos with 41-99%.
-EARLIER_SUPPORT = 0.5
+# lower coding that the last one's lattice hides may lie under it (val, coded at 64 then 75: lattice 75, CNN 69-71).
+# Set with the shipped network (stage 4) on single-coded validation photos (3,250: aligned, cropped, 4:2:2, 4:4:4, grey,
+# Annex K, flatter tables, enlarged 5x): 5 levels under, 2 (enlarged, coded at 100, where the CNN reads 95 at most);
+# 4 under, 16, all at 100. Coded at q, then at 60, 75 or 90: 6 more determined answers with the first coding outside
+# their range are caught than at 6 levels (the stage-2 network's threshold, whose readings spread wider).
+EARLIER_LEVELS = 5.0
 DOUBLE_GAIN_MIN = 0.5  # nats per unit of evidence the double lattice must gain to show two codings
 DETERMINED_WIDTH = 10.0  # widest range (levels) of a determined answer
 # Tables this close to the lattice's best are as good as tied (exact ties: steps where every level is 0, as quality 1's
@@ -196,7 +197,7 @@ def earlier_coding_possible(
 ) -> torch.Tensor | bool:
     """Whether an IJG lattice's answer may hide an earlier, lower coding (module docstring): tensors in the program,
     plain numbers where the host words the answer's note."""
-    return by_ijg_lattice & (cnn_support >= EARLIER_SUPPORT) & (cnn_quality <= lattice_quality - EARLIER_LEVELS)
+    return by_ijg_lattice & (cnn_support >= MIN_SUPPORT) & (cnn_quality <= lattice_quality - EARLIER_LEVELS)
 
 
 def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = "hybrid") -> Verdict:
