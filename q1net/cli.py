@@ -18,6 +18,7 @@ import numpy as np
 from q1net.atomic import write_atomically
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as shells report a process it ended
 
 
 def fail(message: str) -> None:
@@ -643,7 +644,11 @@ def main(argv: list[str] | None = None) -> int:
         "study": run_study,
         "data": run_data,
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the code shells give, not a traceback
+        fail("interrupted")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

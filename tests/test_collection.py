@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image
 
 from q1net.collection.inputs import MEMBER_BITS, count_items, expand_braces, iter_items
 from q1net.collection.journal import Journal, JournalError, read_rows
+from q1net.collection.pipeline import exit_on_terminate
 from q1net.data.sources import SyntheticSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +164,27 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path, weights, tiles
     assert rows_of(out) == rows_of(reference)
 
 
+def test_ctrl_c_ends_a_pool_run_with_one_line_and_a_resumable_output(tmp_path, weights, tiles):
+    """Ctrl-C (SIGINT to the command) mid-run: the exit code shells give, one line on stderr and no traceback, no
+    output file (it appears only whole), and the next run finishes the rest."""
+    write_files(tmp_path / "in", tiles, 24)
+    out = tmp_path / "rows.parquet"
+    common = ["--checkpoint", weights, "--blocks", "4", "--method", "lattice", "--chunk-rows", "2", "--workers", "2"]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "q1net.cli", "predict", str(tmp_path / "in"), *map(str, common), "--out", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while Journal(out).rows_written() < 4 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+
+    assert process.returncode == 130 and stderr.splitlines()[-1] == "q1net: interrupted" and "Traceback" not in stderr
+    assert not out.exists() and 0 < Journal(out).rows_written() < 24
+    result = q1net("predict", tmp_path / "in", *common, "--out", out)
+    assert result.returncode == 0 and len(rows_of(out)) == 24, result.stderr
+
+
 def test_a_finished_output_is_kept_and_other_settings_do_not_mix_into_an_unfinished_one(tmp_path, weights, tiles):
     write_files(tmp_path / "in", tiles, 2)
     out = tmp_path / "x.jsonl"
@@ -206,3 +230,24 @@ def test_lightning_predict_on_two_gloo_processes_gives_the_single_process_rows(t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed_backend=gloo" in result.stderr and "Starting with 2 processes" in result.stderr
     assert rows_of(both) == rows_of(single)
+
+
+def hold_a_folder(scratch: str, ready) -> None:
+    """A pool worker's part: a temporary folder held (as `load_package` holds one while loading) when SIGTERM comes."""
+    exit_on_terminate()
+    with tempfile.TemporaryDirectory(dir=scratch):
+        ready.set()
+        time.sleep(60)
+
+
+def test_a_worker_ended_by_sigterm_removes_its_temporary_folders(tmp_path):
+    """A run that fails or is interrupted ends its pool with SIGTERM; a worker killed outright while loading the
+    compiled stage left the folder its library was extracted into."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=hold_a_folder, args=(str(tmp_path), ready))
+    worker.start()
+    assert ready.wait(30) and len(list(tmp_path.iterdir())) == 1
+    worker.terminate()
+    worker.join(30)
+    assert worker.exitcode == 128 + signal.SIGTERM and not list(tmp_path.iterdir())

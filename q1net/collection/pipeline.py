@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -104,9 +105,21 @@ class HeatmapNames:
 WORKER: dict[str, object] = {}  # the predictor of a worker process, loaded once
 
 
+def exit_on_terminate() -> None:
+    """End this process on SIGTERM by raising SystemExit, so that its `with` blocks unwind first. A pool ends its
+    workers with SIGTERM when a run fails or is interrupted; killed outright, a worker loading the compiled stage
+    left the folder its library was extracted into (`load_package`)."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 def start_worker(load: Callable[[], object], options: Options) -> None:
     import torch
 
+    exit_on_terminate()
     torch.set_num_threads(1)  # N processes x 1 thread: no oversubscription
     WORKER["predictor"], WORKER["options"] = load(), options
 
