@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import random
 import signal
@@ -232,7 +233,7 @@ def test_lightning_predict_on_two_gloo_processes_gives_the_single_process_rows(t
     assert rows_of(both) == rows_of(single)
 
 
-def hold_a_folder(scratch: str, ready) -> None:
+def hold_a_folder(scratch: str, ready: multiprocessing.synchronize.Event) -> None:
     """A pool worker's part: a temporary folder held (as `load_package` holds one while loading) when SIGTERM comes."""
     exit_on_terminate()
     with tempfile.TemporaryDirectory(dir=scratch):

@@ -64,13 +64,15 @@ RANGE_PERCENTILES = (0.1, 0.9)  # a CNN answer's range: these percentiles of the
 # seed 1 came 5 levels under a strong IJG lattice with 41% and more 10 times of 1,224, one of them a gradient coded at
 # 94 whose lattice read 99, determined, with 46% voting).
 MIN_SUPPORT = 0.4
-AGREE_LEVELS = 12.0  # the CNN's whole range this far under the lattice's: an earlier, lower coding (CNN max test error ~9)
+# The CNN's whole range this far under the lattice's: an earlier, lower coding (the stage-2 CNN's largest test error was
+# about 9; the shipped stage 4's, photos at every third quality, 3.3; every validation flag stayed as it was but one).
+AGREE_LEVELS = 12.0
 # The CNN's median this far under a strong IJG lattice's answer, not far enough to speak for two codings: an earlier,
-# lower coding that the last one's lattice hides may lie under it (val, coded at 64 then 75: lattice 75, CNN 69-71).
+# lower coding that the last one's lattice hides may lie under it (val, coded at 64 then 75: lattice 75, CNN 67-71).
 # Set with the shipped network (stage 4) on single-coded validation photos (3,250: aligned, cropped, 4:2:2, 4:4:4, grey,
 # Annex K, flatter tables, enlarged 5x): 5 levels under, 2 (enlarged, coded at 100, where the CNN reads 95 at most);
-# 4 under, 16, all at 100. Coded at q, then at 60, 75 or 90: 6 more determined answers with the first coding outside
-# their range are caught than at 6 levels (the stage-2 network's threshold, whose readings spread wider).
+# 4 under, 16, all at 100. Coded at q, then at 60, 75 or 90: 9 more determined answers with the first coding outside
+# their range are caught than at 6 levels and half the blocks voting (the stage-2 network's, whose readings spread wider).
 EARLIER_LEVELS = 5.0
 DOUBLE_GAIN_MIN = 0.5  # nats per unit of evidence the double lattice must gain to show two codings
 DETERMINED_WIDTH = 10.0  # widest range (levels) of a determined answer
