@@ -56,9 +56,23 @@ def write_shard(path: Path, members: list[tuple[str, bytes]]) -> None:
             shard.addfile(info, io.BytesIO(data))
 
 
+ENV = os.environ | {"PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+
+
+def q1net_command(*args) -> list[str]:
+    return [sys.executable, "-m", "q1net.cli", *map(str, args)]
+
+
 def q1net(*args, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "q1net.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(q1net_command(*args), capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def wait_for_rows(out: Path, process: subprocess.Popen, count: int) -> None:
+    """Until `count` rows of a running `predict --out` are on disk: counted, not timed, so that a fast host cannot
+    finish the run before the test acts on it."""
+    deadline = time.monotonic() + 120
+    while Journal(out).rows_written() < count and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -144,15 +158,10 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path, weights, tiles
     assert q1net("predict", tmp_path / "in", *common, "--out", reference).returncode == 0
 
     out = tmp_path / "resumed.parquet"
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "q1net.cli", "predict", str(tmp_path / "in"), *map(str, common), "--out", str(out)]
-    # Killed at three moments, each once a random number of rows is on disk: counted, not timed, so that a fast
-    # host cannot finish the run before the kill.
-    for target in sorted(random.Random(0).sample(range(3, 28), 3)):
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while Journal(out).rows_written() < target and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+    command = q1net_command("predict", tmp_path / "in", *common, "--out", out)
+    for target in sorted(random.Random(0).sample(range(3, 28), 3)):  # killed at three moments, each after some rows
+        process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_rows(out, process, target)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert not out.exists()  # the output appears only whole
@@ -171,12 +180,9 @@ def test_ctrl_c_ends_a_pool_run_with_one_line_and_a_resumable_output(tmp_path, w
     write_files(tmp_path / "in", tiles, 24)
     out = tmp_path / "rows.parquet"
     common = ["--checkpoint", weights, "--blocks", "4", "--method", "lattice", "--chunk-rows", "2", "--workers", "2"]
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "q1net.cli", "predict", str(tmp_path / "in"), *map(str, common), "--out", str(out)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while Journal(out).rows_written() < 4 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    command = q1net_command("predict", tmp_path / "in", *common, "--out", out)
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_rows(out, process, 4)
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1]
 

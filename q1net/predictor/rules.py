@@ -252,7 +252,7 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     high = torch.where(recompressed, first_high, torch.where(by_lattice, lattice_high, cnn.high))
     decided_by_lattice = by_lattice | double
     lattice_read = fit.found & grid_found  # the lattice had evidence on the grid the blocks were read on
-    earlier = earlier_coding_possible(by_lattice & fit.ijg & ~cnn.fallback, cnn.quality, cnn.support, lattice_quality)
+    earlier = earlier_coding_possible(by_lattice & fit.ijg, cnn.quality, cnn.support, lattice_quality)  # support is 0 on a fallback
     determined = ((strong & (high - low <= DETERMINED_WIDTH)) | (~lattice_read & cnn_determined)) & ~earlier
     # undetermined and coded once: the range spans every reading, the lattice's plausible set and the CNN's voters
     span = ~determined & ~recompressed & ~earlier
