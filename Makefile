@@ -61,6 +61,7 @@ card: $(STAMP)  ## re-measure the model card's honest-answer tables (TEST= photo
 	$(CARD) $(TEST) --grayscale --out docs/eval/test-gray
 	$(CARD) $(TEST) --tables annex_k --subsampling 4:2:2 --out docs/eval/test-annex_k
 	$(CARD) $(TEST) --tables flat --subsampling 4:2:2 --out docs/eval/test-flat
+	$(CARD) $(TEST) --quality-min 2 --quality-max 18 --quality-step 16 --tables annex_k --subsampling 4:2:2 --out docs/eval/test-annex_k-multiples
 	$(CARD) $(TEST) --upscale 5 --grid-offset random --quality-max 10 --quality-step 1 --out docs/eval/test-large-low
 	$(CARD) $(TEST) --upscale 5 --grid-offset random --quality-step 9 --out docs/eval/test-large
 	$(CARD) $(TEST) --preset web_high --out docs/eval/test-web_high

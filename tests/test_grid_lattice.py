@@ -25,7 +25,7 @@ from q1net.forensics.quant_tables import (
     scaled_equivalents,
 )
 from q1net.nets.q1net import create_model
-from q1net.predictor.inference import undetermined_reason
+from q1net.predictor.inference import Predictor, undetermined_reason
 from q1net.predictor.program import Q1Program, cut_regions
 from q1net.predictor.rules import AGREE_LEVELS, CHOICE_NATS, EARLIER_LEVELS, METHOD_CODES, MIN_SUPPORT, Vote, combine
 
@@ -235,8 +235,6 @@ def test_double_coding_leaves_a_double_lattice(program, scene):
     assert max(single) == 0.0
     _, fit, _, _ = locate(program, jpeg_roundtrip(jpeg_roundtrip(scene, 75), 90))
     assert float(fit.double_gain) > 1.0 and abs(int(fit.first_quality) - 75) <= 1
-    from q1net import Predictor
-
     result = Predictor.from_pretrained().predict(jpeg_roundtrip(jpeg_roundtrip(scene, 75), 90))
     assert result.recompressed and result.quality_low <= 75 <= result.quality_high and abs(result.quality - 75) <= 2
 
@@ -419,13 +417,32 @@ def test_a_table_about_twice_an_ijg_tables_reads_at_its_own_equivalent(program, 
     assert int(fit.quality_low) <= truth <= int(fit.quality_high) and int(fit.table_quality) > truth + 5
 
 
-def test_a_cnn_far_under_a_finer_table_whose_lattice_the_steps_are_whole_multiples_of_flags():
-    """Coded at 10, then at 30: the steps are three times 30's, the answer is the coarse table's equivalent (10), and
-    the CNN far under the table seen through (30) shows the two codings, as under an IJG lattice."""
+def test_a_sublattice_alone_is_no_recompression():
+    """Coded at 10, then at 30: the steps are three times 30's, as one coding with a table three times 30's leaves them;
+    the pixels cannot tell the two apart, the answer is the coarse table's equivalent (10) either way, and it is not
+    flagged. A CNN far under the coarse table itself still shows an earlier coding."""
     through_30 = fit_of(10, ijg=False, plausible=(8, 9, 10, 11, 12), table=30)._replace(steps_ijg=t(True))  # IJG 10's, through 30's
-    assert answer(vote_of(10.0), through_30)[4] is True
-    coarse_table = through_30._replace(sublattice=t(False))  # near the finer lattice's points, not on them: one coding
-    assert answer(vote_of(10.0), coarse_table)[:5] == (10.0, 8.0, 12.0, 1.0, False)
+    assert answer(vote_of(10.0), through_30)[:5] == (10.0, 8.0, 12.0, 1.0, False)
+    assert answer(vote_of(10.0), through_30._replace(sublattice=t(False)))[:5] == (10.0, 8.0, 12.0, 1.0, False)
+    under_coarse = fit_of(40, ijg=False, plausible=(38, 39, 40, 41, 42), table=80)._replace(steps_ijg=t(True))
+    assert answer(vote_of(20.0), under_coarse)[4] is True
+
+
+@pytest.mark.parametrize("coding", ["annex_k 2", "10 then 30"])
+def test_one_coding_or_two_the_pixels_cannot_tell_apart_is_not_flagged(scene, coding):
+    """Annex K at nominal 2 (8x Table K.1, 4x IJG 25's) coded once, and IJG 10 then 30, leave the same kind of
+    coefficients: on every 4th or 3rd point of the finer IJG table's lattice. Both read at the coarse table (6, 10),
+    unflagged, and the note names both readings (issue #13: no flag when the pixels cannot tell; flagged before)."""
+    if coding == "annex_k 2":
+        luma, chroma = other_encoder_tables("annex_k", 2)
+        pixels = read_image(io.BytesIO(jpeg_encode(scene, 75, "4:2:2", [luma.tolist(), chroma.tolist()]))).pixels
+        truth, finer = ijg_equivalent_quality(luma), 25
+    else:
+        pixels, truth, finer = jpeg_roundtrip(jpeg_roundtrip(scene, 10), 30), 10, 30
+    result = Predictor.from_pretrained().predict(pixels)
+    assert not result.recompressed and result.method == "lattice" and abs(result.quality - truth) <= 1
+    assert result.quality_low <= truth <= result.quality_high
+    assert any(note.startswith("one coding or two") and f"IJG {finer}'s" in note for note in result.notes)
 
 
 def test_an_undetermined_answer_spans_every_reading():

@@ -4,6 +4,7 @@ operator Vulkan supports in many)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,14 @@ def test_hybrid_vulkan_program_can_delegate_every_operator_vulkan_supports(predi
     path = write_hybrid_pte(program, everything, tmp_path / HybridTarget("pte", "vulkan", "all").name)
     assert path.stat().st_size > 0
     assert json.loads(path.with_suffix(".pte.json").read_text())["program"]["vulkan_delegate"] == "all"
+
+
+def test_the_readme_lists_the_answer_fields_in_the_programs_order():
+    """App developers index `answer` by the README's list: it must be the program's, in order and in number."""
+    from q1net.predictor.program import ANSWER_FIELDS
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    listed = text.split("Outputs: `answer` (", 1)[1].split("), then", 1)[0]
+    count, names = listed.split(" floats, in the order of `answer_fields` in the `.json`: ", 1)
+    fields = re.sub(r" \([^)]*\)", "", names).split(", ")  # without the explanations in brackets
+    assert int(count) == len(ANSWER_FIELDS) and fields == list(ANSWER_FIELDS)

@@ -43,7 +43,8 @@ under Annex K scaled to an equivalent of 12, read 23), but one coding with the f
 have left its odd levels, the commonest, and there are none. Where the steps are whole multiples
 of the table's (`sublattice`: coded at 10, then at 30, they are three times 30's), a first, coarser
 coding seen through its lattice fits as well as one coding with the coarse table; the answer is the
-coarse table's either way, and whether it was two codings is the rules' call (q1net.predictor.rules).
+coarse table's either way, and the pixels cannot tell whether it was two codings (the rules flag none on that
+alone; the answer's note names both, q1net.predictor.rules).
 
 Double coding (q1 then q2 > q1 on the same grid) leaves coefficients on q2's lattice but
 only at the points s2 * round(s1 j / s2) that q1's levels reach: `double_gain` is how much

@@ -264,6 +264,12 @@ def prediction(
     elif found.header_quality is not None and determined and high < found.header_quality - HEADER_MARGIN:
         recompressed = True
         notes.append(f"recompressed: header says {found.header_quality}, the pixels {low}..{high}")
+    elif method == "lattice" and answer["lattice_sublattice"]:  # q1net.predictor.rules: no flag on this alone
+        notes.append(
+            f"one coding or two: the steps are whole multiples of IJG {answer['lattice_table']:.0f}'s, which one coding at "
+            f"about {answer['quality']:.0f} leaves, and one at about {answer['quality']:.0f} followed by one at "
+            f"{answer['lattice_table']:.0f} as well; the pixels cannot tell which"
+        )
     if not determined:
         notes.append(undetermined_reason(answer, low, high))
     has_confidence = bool(answer["has_confidence"])

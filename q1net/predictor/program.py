@@ -2,7 +2,7 @@
 
 Input, the contract an app follows (q1net.data.geometry.RegionGeometry; `cut_regions` is the host's way):
 - `regions` (n*n, 3, 24, 24) uint8 RGB, row-major: region (i, j) is the image's 24x24
-  square at (rows[i], cols[j]); n = `per_side` (32);
+  square at (rows[i], cols[j]); n = `per_side` (16);
 - `rows`, `cols` (n,) int64: the starts, multiples of 8 given by RegionGeometry.starts
   (a side shorter than 24 pixels is first padded by repeating its last row or column).
 Starts repeat only on small images; a repeated row or column is read once.
@@ -59,6 +59,8 @@ ANSWER_FIELDS = (
     "lattice_strength",  # nats per unit of evidence over "no lattice"
     "lattice_found",  # 1: enough evidence for a lattice answer
     "lattice_ijg",  # 1: one IJG table explains the coefficients
+    "lattice_table",  # the IJG table that fits best (on a sublattice, the finer table whose lattice the steps sit on)
+    "lattice_sublattice",  # 1: the steps are whole multiples of that table's: one coarse coding or two, the pixels cannot tell
     "first_quality",  # the earlier coding the double lattice fits best
     "double_gain",  # nats per unit of evidence the double lattice gains over one table
     "grid_dy",  # the grid phase the blocks were read on
@@ -235,6 +237,8 @@ def answer_tensors(evidence: Evidence, cnn: Vote, verdict: Verdict, blocks: int)
         "lattice_strength": fit.strength,
         "lattice_found": fit.found,
         "lattice_ijg": fit.ijg,
+        "lattice_table": fit.table_quality,
+        "lattice_sublattice": fit.sublattice,
         "first_quality": fit.first_quality,
         "double_gain": fit.double_gain,
         "grid_dy": evidence.dy,

@@ -26,8 +26,11 @@ the kept qualities. Here, as well:
   the per-frequency steps are no IJG table's (not even seen through the finer lattice) and
   their own equivalents reach the CNN's range: one coding with a coarse camera table whose
   lattice an IJG table comes near, which the CNN then answers. Otherwise the first, lower
-  quality answers. Where the lattice's steps are whole multiples of a finer IJG table's (coded at
-  10, then at 30), the CNN is compared with that table, the second coding's;
+  quality answers. Not on a sublattice alone (the lattice's steps whole multiples of a finer IJG
+  table's): one coding with that coarse table (Annex K at 4x and 8x Table K.1, 2x and 4x IJG 25's)
+  and a first coding under it seen through the finer table's lattice (coded at 10, then at 30: 3x
+  IJG 30's steps) leave the same coefficients, the pixels cannot tell them apart, and the answer
+  (the coarse table's) is the same either way: no flag, and the host's note names both;
 - a weak lattice leaves the CNN's answer; it is `determined` only on a grid that was found,
   and without a found grid the range is the whole scale (the blocks were read on a guess).
   Nor when the lattice had evidence enough on that grid and stayed weak: the coefficients sit
@@ -207,10 +210,9 @@ def combine(cnn: Vote, fit: LatticeFit, grid_found: torch.Tensor, method: str = 
     strong = fit.strong & grid_found  # a lattice on a phase nobody confirmed says nothing
     cnn_voice = ~cnn.fallback & (cnn.support >= MIN_SUPPORT)
     double = strong & (fit.double_gain >= DOUBLE_GAIN_MIN)
-    # coefficients on every second (to fourth) point of an IJG table's lattice: a first, coarser coding under that table,
-    # or one coding with a table that many times it; the CNN far under that table speaks for two codings, as below
-    lattice_low = torch.where(fit.sublattice, fit.table_quality, fit.quality_low)
-    cnn_far_under = strong & cnn_voice & (cnn.high < lattice_low - AGREE_LEVELS)
+    # against the lattice's own answer: on a sublattice (steps whole multiples of a finer IJG table's) that is the coarse
+    # table's equivalent, which one coding with that table and a first coding under the finer one share
+    cnn_far_under = strong & cnn_voice & (cnn.high < fit.quality_low - AGREE_LEVELS)
     # that shows an earlier coding only when no single table explains both: the estimated steps' own equivalents reach
     # down to the CNN when the coefficients sit on a coarse camera table's lattice that an IJG table comes near; then
     # that one coding is the answer, and the CNN reads it
