@@ -429,20 +429,26 @@ def test_a_sublattice_alone_is_no_recompression():
 
 
 @pytest.mark.parametrize("coding", ["annex_k 2", "10 then 30"])
-def test_one_coding_or_two_the_pixels_cannot_tell_apart_is_not_flagged(scene, coding):
+def test_one_coding_or_two_the_pixels_cannot_tell_apart_is_not_flagged_but_a_header_tells(scene, coding):
     """Annex K at nominal 2 (8x Table K.1, 4x IJG 25's) coded once, and IJG 10 then 30, leave the same kind of
-    coefficients: on every 4th or 3rd point of the finer IJG table's lattice. Both read at the coarse table (6, 10),
-    unflagged, and the note names both readings (issue #13: no flag when the pixels cannot tell; flagged before)."""
+    coefficients: on every 4th or 3rd point of the finer IJG table's lattice. From pixels both read at the coarse table
+    (6, 10), unflagged, and the note names both readings (issue #13: no flag when the pixels cannot tell; flagged
+    before). As JPEG files the header tells: IJG 30's table over pixels that allow 10 at most is a second coding; the
+    Annex K file's own table is the coarse one, coded last."""
     if coding == "annex_k 2":
         luma, chroma = other_encoder_tables("annex_k", 2)
-        pixels = read_image(io.BytesIO(jpeg_encode(scene, 75, "4:2:2", [luma.tolist(), chroma.tolist()]))).pixels
+        data = jpeg_encode(scene, 75, "4:2:2", [luma.tolist(), chroma.tolist()])
         truth, finer = ijg_equivalent_quality(luma), 25
     else:
-        pixels, truth, finer = jpeg_roundtrip(jpeg_roundtrip(scene, 10), 30), 10, 30
-    result = Predictor.from_pretrained().predict(pixels)
-    assert not result.recompressed and result.method == "lattice" and abs(result.quality - truth) <= 1
-    assert result.quality_low <= truth <= result.quality_high
-    assert any(note.startswith("one coding or two") and f"IJG {finer}'s" in note for note in result.notes)
+        data, truth, finer = jpeg_encode(jpeg_roundtrip(scene, 10), 30), 10, 30
+    predictor = Predictor.from_pretrained()
+    from_pixels, from_file = predictor.predict(read_image(io.BytesIO(data)).pixels), predictor.predict(io.BytesIO(data))
+    for result in (from_pixels, from_file):
+        assert result.method == "lattice" and abs(result.quality - truth) <= 1 and result.quality_low <= truth <= result.quality_high
+    assert not from_pixels.recompressed
+    assert any(note.startswith("one coding or two") and f"IJG {finer}'s" in note for note in from_pixels.notes)
+    assert from_file.recompressed is (coding == "10 then 30")
+    assert not any(note.startswith("one coding or two") for note in from_file.notes)
 
 
 def test_an_undetermined_answer_spans_every_reading():

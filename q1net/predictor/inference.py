@@ -7,7 +7,9 @@ very module `q1net export` lowers, so a phone and `q1net predict` compute the sa
 The host adds what only a file can tell:
 - a JPEG's own luma table, read as its IJG-equivalent (`header_quality`). When the pixels'
   determined range lies more than HEADER_MARGIN levels under it, the file was coded again
-  at a higher quality after an earlier, lower one: `recompressed`;
+  at a higher quality after an earlier, lower one: `recompressed`. So too when the pixels'
+  steps are whole multiples of a finer IJG table's (one coarse coding or two, which pixels
+  alone cannot tell) and the header's quality lies as far above their whole range;
 - another lossy codec (WebP, JPEG 2000): its quality is not a JPEG one, so a JPEG quality
   is `determined` only where a JPEG lattice was found in the pixels, and `notes` say so.
 Method "hybrid" (default) weighs the CNN against the DCT lattice; "cnn" is the network
@@ -259,12 +261,15 @@ def prediction(
     if found.codec is not None:
         notes.append(f"{found.codec} file: not a JPEG quality unless a JPEG lattice is found")
         determined = determined and method == "lattice"
+    # steps whole multiples of a finer IJG table's: one coarse coding or two, the pixels cannot tell (q1net.predictor.rules);
+    # the file's header can: a table far finer than the whole range was the second coding's, else the coarse one was last
+    sublattice = method == "lattice" and bool(answer["lattice_sublattice"])
     if recompressed:
         notes.append(f"recompressed: the pixels show an earlier coding at about {answer['quality']:.0f}")
-    elif found.header_quality is not None and determined and high < found.header_quality - HEADER_MARGIN:
+    elif found.header_quality is not None and (determined or sublattice) and high < found.header_quality - HEADER_MARGIN:
         recompressed = True
         notes.append(f"recompressed: header says {found.header_quality}, the pixels {low}..{high}")
-    elif method == "lattice" and answer["lattice_sublattice"]:  # q1net.predictor.rules: no flag on this alone
+    elif sublattice and found.header_quality is None:
         notes.append(
             f"one coding or two: the steps are whole multiples of IJG {answer['lattice_table']:.0f}'s, which one coding at "
             f"about {answer['quality']:.0f} leaves, and one at about {answer['quality']:.0f} followed by one at "
