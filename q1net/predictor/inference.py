@@ -90,7 +90,7 @@ class Prediction:
     header_quality: int | None  # JPEG files: the header table's IJG-equivalent quality
     recompressed: bool  # the pixels show two codings, or an earlier, lower quality than the header
     source: str | None = None  # the path, when the input was one
-    notes: tuple[str, ...] = ()  # what reading the image did that matters, and why an answer is undetermined
+    notes: tuple[str, ...] = ()  # what reading the image did that matters, why an answer is undetermined, readings the pixels cannot tell
     table: list[int | None] | None = None  # estimated luma steps (natural order, None = not pinned down), on request
     block_quality: np.ndarray | None = field(default=None, repr=False)  # (n, n) grid, with return_blocks
     block_confidence: np.ndarray | None = field(default=None, repr=False)
