@@ -20,6 +20,7 @@ from q1net.export import VULKAN_DELEGATES
 from q1net.export.formats import hybrid_program, lower_hybrid, write_hybrid_pte
 from q1net.export.hybrid import HybridTarget, export_hybrid, parity_cases, vulkan_partition
 from q1net.export.parity import ParityError
+from q1net.predictor.program import ANSWER_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,8 +125,6 @@ def test_hybrid_vulkan_program_can_delegate_every_operator_vulkan_supports(predi
 
 def test_the_readme_lists_the_answer_fields_in_the_programs_order():
     """App developers index `answer` by the README's list: it must be the program's, in order and in number."""
-    from q1net.predictor.program import ANSWER_FIELDS
-
     text = " ".join((ROOT / "README.md").read_text().split())
     listed = text.split("Outputs: `answer` (", 1)[1].split("), then", 1)[0]
     count, names = listed.split(" floats, in the order of `answer_fields` in the `.json`: ", 1)
